@@ -1,0 +1,76 @@
+"""lmchat: persistent local LLM chats for Jupyter.
+
+``%load_ext lmchat`` adds the ``%%chat`` magic; the engine below it is usable on its own::
+
+    from lmchat_jupyter import load_model, Conversation
+    conv = Conversation(load_model(), system="You are terse.")
+    conv.submit("Hello").text
+    conv.save("chat.lmsession")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+from .conversation import Conversation, StreamingTurn
+from .errors import (
+    ContextOverflowError,
+    ConversationBusyError,
+    HistoryFormatError,
+    LmchatError,
+    ModelLoadError,
+    ModelNotFoundError,
+    NothingToSaveError,
+    SessionCorruptError,
+    SessionMismatchError,
+    SessionNotFoundError,
+    StorageError,
+)
+from .events import ConversationEvent
+from .history import ChatHistory, Message
+from .models import Model, ModelSettings, load_model
+from .results import ConversationInfo, GenerationOptions, TurnResult
+
+__all__ = [
+    "__version__",
+    "load_model",
+    "Model",
+    "ModelSettings",
+    "Conversation",
+    "StreamingTurn",
+    "ChatHistory",
+    "Message",
+    "ConversationEvent",
+    "ConversationInfo",
+    "GenerationOptions",
+    "TurnResult",
+    "LmchatError",
+    "ModelNotFoundError",
+    "ModelLoadError",
+    "NothingToSaveError",
+    "SessionNotFoundError",
+    "SessionCorruptError",
+    "SessionMismatchError",
+    "ContextOverflowError",
+    "ConversationBusyError",
+    "HistoryFormatError",
+    "StorageError",
+    "load_ipython_extension",
+    "unload_ipython_extension",
+]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext lmchat_jupyter``: register the ``%%chat`` and ``%chat`` magics."""
+    from .magics import load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext lmchat_jupyter``: save every conversation and remove the magics."""
+    from .magics import unload
+
+    unload(ipython)

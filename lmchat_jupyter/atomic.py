@@ -1,0 +1,53 @@
+"""Crash-safe file writes: temp file in the same folder, fsync, rename, fsync the folder."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from .errors import StorageError
+
+__all__ = ["atomic_write", "TEMP_SUFFIX"]
+
+TEMP_SUFFIX = ".lmchat-tmp"
+
+
+def atomic_write(path: Path, chunks: Iterable[bytes | bytearray | memoryview]) -> int:
+    """Write ``chunks`` to ``path`` so that readers see the old file or the whole new one, never a mix.
+
+    Returns the number of bytes written. On any failure the temp file is removed, the previous file
+    is left as it was, and :class:`StorageError` says what went wrong.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
+    written = 0
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk).cast("B")
+                while view:
+                    n = os.write(fd, view)
+                    written += n
+                    view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise StorageError(f"could not write {path}: {exc.strerror or exc}. The previous file is unchanged.") from exc
+    _fsync_dir(path.parent)
+    return written
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,525 @@
+"""Conversation: a multi-turn chat on a loaded model, with prefix reuse, rewind, streaming and sessions.
+
+How the KV cache is kept right: the conversation remembers the exact text its cached tokens stand
+for (``_text``) and checkpoints ``(text length, token count)`` at every message boundary. A new turn
+renders the history with the model's template; when the render starts with ``_text`` only the
+difference is tokenized and evaluated, so the previous answer's generated tokens stay as they were.
+When it does not (a rewind, or a template that rewrites earlier turns) the cache is cut back to the
+longest checkpoint whose text still matches, and only the rest is evaluated.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from . import kvstate
+from .errors import ContextOverflowError, ConversationBusyError, LmchatError, NothingToSaveError
+from .events import ConversationEvent, EventHub
+from .history import ChatHistory, Message
+from .models import Model
+from .rendering import ChatRenderer
+from .results import ConversationInfo, GenerationOptions, TurnResult
+
+__all__ = ["Conversation", "StreamingTurn", "CONTEXT_POLICIES"]
+
+CONTEXT_POLICIES = ("error", "drop_oldest")
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class EngineState:
+    """What the KV cache holds, in the conversation's terms; saved beside the raw KV bytes."""
+
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    checkpoints: list[tuple[int, int]] = field(default_factory=lambda: [(0, 0)])
+
+    def cut(self, text_len: int, n_tokens: int) -> None:
+        self.text = self.text[:text_len]
+        del self.tokens[n_tokens:]
+        self.checkpoints = [c for c in self.checkpoints if c[1] <= n_tokens and c[0] <= text_len]
+        if self.checkpoints[-1] != (text_len, n_tokens):
+            self.checkpoints.append((text_len, n_tokens))
+
+    def mark(self) -> None:
+        point = (len(self.text), len(self.tokens))
+        if self.checkpoints[-1] != point:
+            self.checkpoints.append(point)
+
+
+class Conversation:
+    """A chat with a local model whose whole state can be saved and restored.
+
+    >>> conv = Conversation(load_model(), system="You are terse.")
+    >>> conv.submit("Hi!").text
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        system: str | None = None,
+        *,
+        history: ChatHistory | None = None,
+        options: GenerationOptions | None = None,
+        context_policy: str = "error",
+        autosave: str | os.PathLike[str] | None = None,
+        autosave_every: int = 1,
+    ) -> None:
+        if context_policy not in CONTEXT_POLICIES:
+            raise ValueError(f"context_policy={context_policy!r}; choose one of {CONTEXT_POLICIES}")
+        if autosave_every < 1:
+            raise ValueError("autosave_every must be at least 1 (turns between saves)")
+        self.model = model
+        self.history = history if history is not None else ChatHistory()
+        if system is not None:
+            if self.history.system is not None:
+                self.history.messages[0].content = system
+            else:
+                self.history.messages.insert(0, Message("system", system))
+        self.options = options or GenerationOptions()
+        self.context_policy = context_policy
+        self.autosave_path = Path(autosave) if autosave is not None else None
+        self.autosave_every = autosave_every
+        self.events = EventHub()
+        self.last_result: TurnResult | None = None
+        self.last_save_error: LmchatError | None = None
+        self.restored_from: str | None = None
+        self._renderer = ChatRenderer(model)
+        self._state = EngineState()
+        self._parked_kv: bytes | None = None
+        self._logits_fresh = False
+        self._turn_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._turns_since_save = 0
+
+    def __repr__(self) -> str:
+        return f"Conversation(id={self.history.conversation_id!r}, messages={len(self.history)}, model={self.model.name!r})"
+
+    # --- observing ------------------------------------------------------------------------------
+
+    def subscribe(self, listener: Callable[[ConversationEvent], None]) -> Callable[[], None]:
+        """Call ``listener`` with every :class:`ConversationEvent`; returns a function that unsubscribes."""
+        return self.events.subscribe(listener)
+
+    def on_token(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback`` with each piece of answer text as it is generated."""
+        return self.subscribe(lambda e: callback(e.text) if e.kind == "token" else None)
+
+    def _emit(self, kind: str, message: Message | None = None, text: str = "") -> None:
+        self.events.emit(ConversationEvent(kind, self, message, text))
+
+    # --- facts ----------------------------------------------------------------------------------
+
+    @property
+    def info(self) -> ConversationInfo:
+        return ConversationInfo(
+            conversation_id=self.history.conversation_id,
+            message_count=self.history.message_count,
+            user_message_count=self.history.user_message_count,
+            token_count=len(self._state.tokens),
+            n_ctx=self.model.n_ctx,
+            model_name=self.model.name,
+        )
+
+    @property
+    def busy(self) -> bool:
+        return self._turn_lock.locked()
+
+    # --- turns ----------------------------------------------------------------------------------
+
+    def submit(self, prompt: str, **options: Any) -> TurnResult:
+        """Send ``prompt`` and wait for the whole answer."""
+        turn = self.stream(prompt, **options)
+        for _ in turn:
+            pass
+        assert turn.result is not None
+        return turn.result
+
+    def stream(self, prompt: str, *, cell_id: str | None = None, wait: bool = True, **options: Any) -> StreamingTurn:
+        """Send ``prompt``; iterate the returned object for the answer's text as it is generated.
+
+        ``options`` override :class:`GenerationOptions` fields for this turn. With ``wait=False`` a
+        conversation that is already generating raises :class:`ConversationBusyError` at once.
+        """
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("the message is empty; write something to send")
+        opts = replace(self.options, **options)
+        return StreamingTurn(self, prompt, cell_id, opts, wait)
+
+    def stop(self) -> None:
+        """Ask a running generation to end after its current token; the partial answer is kept."""
+        self._stop.set()
+
+    def _run_turn(
+        self, prompt: str | None, cell_id: str | None, opts: GenerationOptions, turn: StreamingTurn
+    ) -> Iterator[str]:
+        """The body of a turn; runs under the turn lock and the model lock."""
+        start = time.perf_counter()
+        self._stop.clear()
+        if prompt is not None:
+            user = Message("user", prompt, cell_id=cell_id)
+            self.history.messages.append(user)
+            self._emit("turn_started", user)
+        try:
+            evaluated = self._sync(self._render(generation_prompt=True), reserve=1)
+        except BaseException:
+            if prompt is not None:
+                self.history.messages.pop()
+                self._emit("rewound", text="the turn was cancelled before its answer began")
+            raise
+        cached = len(self._state.tokens) - evaluated
+        self._state.mark()
+        llm = self.model.llm
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pieces: list[str] = []
+        generated = 0
+        first_token_at: float | None = None
+        finish = "length"
+        if opts.seed is not None:
+            llm.set_seed(opts.seed)
+        sampler = llm._init_sampler(
+            temp=opts.temperature,
+            top_k=opts.top_k,
+            top_p=opts.top_p,
+            min_p=opts.min_p,
+            repeat_penalty=opts.repeat_penalty,
+        )
+        try:
+            while generated < opts.max_tokens:
+                if len(self._state.tokens) >= self.model.n_ctx:
+                    break
+                if self._stop.is_set():
+                    finish = "stopped"
+                    break
+                token = sampler.sample(llm._ctx, -1)
+                if kvstate.is_eog(llm, token):
+                    finish = "stop"
+                    break
+                llm.eval([token])
+                self._state.tokens.append(token)
+                generated += 1
+                piece = decoder.decode(llm.detokenize([token]))
+                self._state.text += piece
+                pieces.append(piece)
+                if first_token_at is None:
+                    first_token_at = time.perf_counter()
+                if piece:
+                    self._emit("token", text=piece)
+                    yield piece
+            self._logits_fresh = True
+        except BaseException:
+            finish = "interrupted"
+            self._repair()
+            raise
+        finally:
+            tail = decoder.decode(b"", final=True)
+            self._state.text += tail
+            pieces.append(tail)
+            self._state.mark()
+            text = "".join(pieces)
+            if prompt is not None and generated == 0 and finish == "interrupted":
+                # Nothing was generated: the turn leaves no trace at all.
+                self.history.messages.pop()
+                self._rewind_cache()
+                self._emit("rewound", text="the turn was interrupted before its answer began")
+            else:
+                meta: dict[str, Any] = {} if finish == "stop" else {"finish_reason": finish}
+                answer = Message("assistant", text, cell_id=cell_id, meta=meta)
+                self.history.messages.append(answer)
+                self.history.token_count = len(self._state.tokens)
+                end = time.perf_counter()
+                first = first_token_at or end
+                rate = (generated - 1) / (end - first) if generated > 1 and end > first else 0.0
+                turn.result = self.last_result = TurnResult(
+                    text=text,
+                    message=answer,
+                    generated_tokens=generated,
+                    prompt_tokens=evaluated,
+                    cached_tokens=cached,
+                    time_to_first_token=first - start,
+                    tokens_per_second=rate,
+                    total_seconds=end - start,
+                    finish_reason=finish,
+                )
+                self._emit("message_added", answer)
+                self._emit("turn_finished", answer)
+                self._turns_since_save += 1
+                if self.autosave_path is not None and self._turns_since_save >= self.autosave_every:
+                    self._autosave()
+
+    def regenerate(self, **options: Any) -> StreamingTurn:
+        """Drop the last answer and answer the last user message again."""
+        last_user = max((i for i, m in enumerate(self.history) if m.role == "user"), default=None)
+        if last_user is None:
+            raise LmchatError("there is no user message to answer again")
+        self.rewind(last_user + 1)
+        opts = replace(self.options, **options)
+        return StreamingTurn(self, None, self.history[last_user].cell_id, opts, True)
+
+    # --- history edits --------------------------------------------------------------------------
+
+    def rewind(self, n_messages: int) -> None:
+        """Keep only the first ``n_messages`` messages; the KV prefix of what remains is kept."""
+        if not 0 <= n_messages <= len(self.history):
+            raise ValueError(f"rewind to {n_messages} messages: the conversation has {len(self.history)}")
+        with self._turn_lock, self.model.lock:
+            keep = max(n_messages, 1 if self.history.system is not None else 0)
+            del self.history.messages[keep:]
+            self._rewind_cache()
+        self._emit("rewound", text=f"kept {keep} messages")
+
+    def clear(self) -> None:
+        """Forget every message but the system prompt."""
+        self.rewind(0)
+        self._emit("cleared")
+
+    def _rewind_cache(self) -> None:
+        if self.model.owner is self:
+            self._sync(self._render(generation_prompt=False), evaluate=False)
+        else:
+            self._parked_kv = None
+            self._state = EngineState()
+        self.history.token_count = len(self._state.tokens)
+
+    # --- the KV cache ---------------------------------------------------------------------------
+
+    def _render(self, generation_prompt: bool) -> str:
+        return self._renderer.render(self.history.as_chat_messages(), generation_prompt)
+
+    def _activate(self) -> None:
+        """Make this conversation's tokens the ones in the model's KV cache (caller holds model.lock)."""
+        owner = self.model.owner
+        if owner is self:
+            return
+        llm = self.model.llm
+        if owner is not None:
+            owner._park()
+        self.model.owner = self
+        kvstate.clear(llm)
+        parked, self._parked_kv = self._parked_kv, None
+        if parked is not None and self._state.tokens:
+            address = _address_of(parked)
+            if kvstate.load_state(llm, address, len(parked), self._state.tokens):
+                return
+        self._state = EngineState()
+
+    def _park(self) -> None:
+        """Keep this conversation's KV bytes in memory while another conversation uses the model."""
+        llm = self.model.llm
+        size = kvstate.state_size(llm)
+        buf = bytearray(size)
+        kvstate.read_state_into(llm, buf)
+        self._parked_kv = bytes(buf)
+        self._logits_fresh = False
+        self.model.owner = None
+
+    def _repair(self) -> None:
+        """After an interruption, cut the cache back to the tokens the conversation knows it holds."""
+        llm = self.model.llm
+        n = len(self._state.tokens)
+        if llm.n_tokens != n or not kvstate.truncate(llm, n):
+            if not kvstate.truncate(llm, n):
+                kvstate.clear(llm)
+                self._state = EngineState()
+        self._logits_fresh = False
+
+    def _sync(self, target: str, reserve: int = 0, evaluate: bool = True, progress: Progress | None = None) -> int:
+        """Make the cache hold ``target``'s tokens; returns how many tokens were evaluated."""
+        state = self._state
+        llm = self.model.llm
+        if not target.startswith(state.text):
+            text_len, n_tok = max(
+                (c for c in state.checkpoints if target.startswith(state.text[: c[0]])), key=lambda c: c[1]
+            )
+            if not kvstate.truncate(llm, n_tok):
+                kvstate.clear(llm)
+                text_len, n_tok = 0, 0
+            state.cut(text_len, n_tok)
+            self._logits_fresh = False
+        if not evaluate:
+            return 0
+        new_text = target[len(state.text) :]
+        new_tokens = self._renderer.tokenize(new_text)
+        if not new_tokens and not self._logits_fresh and state.tokens:
+            # Sampling needs the last position's logits: decode the last token again.
+            last = state.tokens[-1]
+            kvstate.truncate(llm, len(state.tokens) - 1)
+            del state.tokens[-1]
+            new_tokens = [last]
+            new_text = ""  # the cached text already covers the last token
+        needed = len(state.tokens) + len(new_tokens) + reserve
+        if needed > self.model.n_ctx:
+            if self.context_policy == "drop_oldest" and self._drop_oldest_turn():
+                return self._sync(self._render(generation_prompt=True), reserve, evaluate, progress)
+            raise ContextOverflowError(
+                f"the conversation needs {needed:,} tokens but {self.model.name} was loaded with n_ctx="
+                f"{self.model.n_ctx:,}. Rewind or clear it, load the model with a larger n_ctx, or use "
+                "context_policy='drop_oldest'"
+            )
+        self._eval(new_tokens, progress)
+        state.text += new_text
+        state.mark()
+        self.history.token_count = len(state.tokens)
+        return len(new_tokens)
+
+    def _eval(self, tokens: list[int], progress: Progress | None = None) -> None:
+        llm = self.model.llm
+        step = max(1, llm.n_batch)
+        try:
+            for i in range(0, len(tokens), step):
+                chunk = tokens[i : i + step]
+                llm.eval(chunk)
+                self._state.tokens.extend(chunk)
+                if progress is not None:
+                    progress(min(i + step, len(tokens)), len(tokens))
+        except BaseException:
+            self._repair()
+            raise
+        if tokens:
+            self._logits_fresh = True
+
+    def _drop_oldest_turn(self) -> bool:
+        msgs = self.history.messages
+        first = 1 if self.history.system is not None else 0
+        # Keep at least the newest user message.
+        if len(msgs) - first <= 1:
+            return False
+        drop = first + 1
+        while drop < len(msgs) - 1 and msgs[drop].role != "user":
+            drop += 1
+        del msgs[first:drop]
+        self._emit("rewound", text="the oldest turn was dropped to fit the context")
+        return True
+
+    def _reevaluate(self, state: EngineState, progress: Progress | None) -> None:
+        """Evaluate saved tokens from scratch (caller holds the locks); the same tokens, no KV bytes."""
+        kvstate.clear(self.model.llm)
+        tokens = state.tokens
+        self._state = EngineState([], state.text, state.checkpoints)
+        self._eval(tokens, progress)
+
+    def prefill(self, progress: Progress | None = None) -> int:
+        """Evaluate the whole history now (otherwise the next turn does it); returns tokens evaluated."""
+        with self._turn_lock, self.model.lock:
+            self._activate()
+            evaluated = 0
+            for end in range(1, len(self.history) + 1):
+                target = self._renderer.render(self.history.as_chat_messages()[:end], False)
+                evaluated += self._sync(target, progress=progress)
+            return evaluated
+
+    # --- persistence ----------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str] | None = None) -> bytes | None:
+        """Save the full session (history, KV state, model fingerprint, settings).
+
+        With a path the file is written atomically and ``None`` is returned; without one the session
+        is returned as bytes.
+        """
+        from .session import write_session
+
+        if self.history.user_message_count == 0:
+            raise NothingToSaveError("the conversation has no turns yet; send a message before saving")
+        with self._turn_lock, self.model.lock:
+            self._activate()
+            return write_session(self, None if path is None else Path(path))
+
+    def close(self) -> None:
+        """Save to the autosave path if there is unsaved work."""
+        if self.autosave_path is not None and self._turns_since_save and self.history.user_message_count:
+            self._autosave()
+
+    def _autosave(self) -> None:
+        assert self.autosave_path is not None
+        try:
+            self.save(self.autosave_path)
+        except LmchatError as exc:
+            self.last_save_error = exc
+            self._emit("save_failed", text=str(exc))
+        else:
+            self.last_save_error = None
+            self._turns_since_save = 0
+            self._emit("saved", text=str(self.autosave_path))
+
+    @classmethod
+    def restore(
+        cls,
+        model: Model,
+        source: str | os.PathLike[str] | bytes | bytearray,
+        *,
+        verify: str = "auto",
+        use_kv: bool = True,
+        progress: Progress | None = None,
+        **kwargs: Any,
+    ) -> Conversation:
+        """Restore a full session saved with :meth:`save`, without re-reading the history.
+
+        Raises :class:`SessionMismatchError` (carrying the history) when the session belongs to another
+        model or settings, and :class:`SessionCorruptError` for damaged data. ``verify`` re-decodes the
+        last token and compares its logits: "auto" does so for sliding-window models. When llama.cpp
+        refuses the KV bytes, the verification fails, or ``use_kv=False``, the saved tokens are
+        evaluated again instead (slower, same result). ``kwargs`` go to the constructor.
+        """
+        from .session import read_session
+
+        return read_session(cls, model, source, verify=verify, use_kv=use_kv, progress=progress, **kwargs)
+
+    @classmethod
+    def from_history(
+        cls, model: Model, history: ChatHistory, *, prefill: bool = True, progress: Progress | None = None, **kwargs: Any
+    ) -> Conversation:
+        """A conversation on ``model`` from a history alone (any model); re-evaluates the history."""
+        conv = cls(model, history=history.copy(), **kwargs)
+        if prefill and len(conv.history):
+            conv.prefill(progress)
+        conv._emit("restored", text="history")
+        return conv
+
+
+class StreamingTurn:
+    """An answer being generated: iterate it for text pieces; ``result`` is set once it is done."""
+
+    def __init__(self, conv: Conversation, prompt: str | None, cell_id: str | None, opts: GenerationOptions, wait: bool):
+        self._conv = conv
+        self._prompt = prompt
+        self._cell_id = cell_id
+        self._opts = opts
+        self._wait = wait
+        self._started = False
+        self.result: TurnResult | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        if self._started:
+            raise RuntimeError("a turn can be iterated only once")
+        self._started = True
+        conv = self._conv
+        if not conv._turn_lock.acquire(blocking=self._wait):
+            raise ConversationBusyError(
+                "this conversation is generating an answer; wait for it or stop it (conv.stop())"
+            )
+        try:
+            with conv.model.lock:
+                conv._activate()
+                yield from conv._run_turn(self._prompt, self._cell_id, self._opts, self)
+        finally:
+            conv._turn_lock.release()
+
+    def text(self) -> str:
+        """Run the turn to the end and return the answer's text."""
+        for _ in self:
+            pass
+        assert self.result is not None
+        return self.result.text
+
+
+def _address_of(blob: bytes) -> int:
+    import ctypes
+
+    return ctypes.cast(ctypes.c_char_p(blob), ctypes.c_void_p).value or 0

@@ -1,0 +1,70 @@
+"""The errors lmchat raises: one type per thing a user can act on, each message saying what to do."""
+
+from __future__ import annotations
+
+__all__ = [
+    "LmchatError",
+    "ModelNotFoundError",
+    "ModelLoadError",
+    "NothingToSaveError",
+    "SessionNotFoundError",
+    "SessionCorruptError",
+    "SessionMismatchError",
+    "ContextOverflowError",
+    "ConversationBusyError",
+    "HistoryFormatError",
+    "StorageError",
+]
+
+
+class LmchatError(Exception):
+    """Base class of every error lmchat raises on purpose."""
+
+
+class ModelNotFoundError(LmchatError):
+    """The model spec names nothing that exists (missing file, unknown repo, default package absent)."""
+
+
+class ModelLoadError(LmchatError):
+    """The file exists but llama.cpp cannot load it (not a GGUF, unsupported architecture, too little memory)."""
+
+
+class NothingToSaveError(LmchatError):
+    """A session was saved before the conversation had a single completed turn."""
+
+
+class SessionNotFoundError(LmchatError):
+    """The session file to restore does not exist."""
+
+
+class SessionCorruptError(LmchatError):
+    """The session file or blob is truncated, damaged or not an lmchat session at all."""
+
+
+class SessionMismatchError(LmchatError):
+    """The session was saved with another model or other settings; its KV state cannot be used here.
+
+    ``differences`` maps each differing field to ``(saved, current)``. ``history`` holds the
+    conversation's history, so callers can fall back to :meth:`Conversation.from_history`.
+    """
+
+    def __init__(self, message: str, differences: dict[str, tuple[object, object]], history: object) -> None:
+        super().__init__(message)
+        self.differences = differences
+        self.history = history
+
+
+class ContextOverflowError(LmchatError):
+    """The conversation no longer fits in the model's context window."""
+
+
+class ConversationBusyError(LmchatError):
+    """Another generation is running on this conversation."""
+
+
+class HistoryFormatError(LmchatError):
+    """A chat history (file, bytes or notebook metadata) does not follow lmchat's history schema."""
+
+
+class StorageError(LmchatError):
+    """A session could not be written (disk full, read-only folder, locked by another kernel)."""

@@ -1,0 +1,77 @@
+"""The few llama.cpp calls that move a sequence's KV state, kept in one place.
+
+Sequence 0 is the only one used. Python's own bookkeeping in ``Llama`` (``input_ids``,
+``n_tokens``) is kept in step with the cache after every change, so llama-cpp-python never
+decodes on top of a cache it misunderstands.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+
+import llama_cpp
+import numpy as np
+
+__all__ = ["state_size", "read_state_into", "load_state", "truncate", "clear", "last_logits_top", "is_eog"]
+
+SEQ = 0
+
+
+def state_size(llm: llama_cpp.Llama) -> int:
+    """Bytes that :func:`read_state_into` needs for sequence 0."""
+    return int(llama_cpp.llama_state_seq_get_size(llm.ctx, SEQ))
+
+
+def read_state_into(llm: llama_cpp.Llama, buffer: bytearray | memoryview, offset: int = 0) -> int:
+    """Copy sequence 0's KV state into ``buffer[offset:]`` without an intermediate copy."""
+    view = memoryview(buffer)[offset:]
+    dst = (ctypes.c_uint8 * len(view)).from_buffer(view)
+    try:
+        return int(llama_cpp.llama_state_seq_get_data(llm.ctx, dst, len(view), SEQ))
+    finally:
+        del dst
+        view.release()
+
+
+def load_state(llm: llama_cpp.Llama, address: int, size: int, tokens: Sequence[int]) -> bool:
+    """Load a KV state from memory at ``address`` into sequence 0; True when llama.cpp accepted it.
+
+    On refusal the cache is cleared, so a failed load never leaves half a state behind.
+    """
+    clear(llm)
+    src = ctypes.cast(ctypes.c_void_p(address), ctypes.POINTER(ctypes.c_uint8))
+    read = int(llama_cpp.llama_state_seq_set_data(llm.ctx, src, size, SEQ))
+    if read != size:
+        clear(llm)
+        return False
+    n = len(tokens)
+    llm.input_ids[:n] = np.asarray(tokens, dtype=np.intc)
+    llm.n_tokens = n
+    return True
+
+
+def truncate(llm: llama_cpp.Llama, n_tokens: int) -> bool:
+    """Drop every cached position from ``n_tokens`` on; False if the cache cannot drop them."""
+    ok = bool(llm._ctx.kv_cache_seq_rm(-1, n_tokens, -1))
+    if ok:
+        llm.n_tokens = n_tokens
+    return ok
+
+
+def clear(llm: llama_cpp.Llama) -> None:
+    llm._ctx.kv_cache_clear()
+    llm.n_tokens = 0
+
+
+def last_logits_top(llm: llama_cpp.Llama, k: int = 8) -> list[tuple[int, float]]:
+    """The ``k`` best (token, logit) pairs of the last decoded position, best first."""
+    ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    logits = np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),))
+    top = np.argpartition(logits, -k)[-k:]
+    top = top[np.argsort(-logits[top])]
+    return [(int(t), float(logits[t])) for t in top]
+
+
+def is_eog(llm: llama_cpp.Llama, token: int) -> bool:
+    return bool(llama_cpp.llama_vocab_is_eog(llm._model.vocab, token))

@@ -1,0 +1,195 @@
+"""Loaded models: llama.cpp behind a small wrapper, one instance per file and settings per process."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import llama_cpp
+
+from .errors import ModelLoadError
+from .fingerprint import file_sha256
+from .model_specs import resolve_model_path
+
+if TYPE_CHECKING:
+    from .conversation import Conversation
+
+__all__ = ["ModelSettings", "Model", "load_model", "loaded_models", "KV_TYPES"]
+
+#: KV cache types a user may name, mapped to ggml's type ids.
+KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
+DEFAULT_N_CTX = 8192
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """The llama.cpp settings that matter for chats and their saved sessions.
+
+    ``n_ctx=None`` means 8192, capped by the model's training context. ``swa_full`` keeps the whole
+    sliding-window cache, which makes rewinds and restores of sliding-window models (Gemma 3) exact.
+    """
+
+    n_ctx: int | None = None
+    n_batch: int = 512
+    n_threads: int | None = None
+    type_k: str = "f16"
+    type_v: str = "f16"
+    flash_attn: bool = False
+    n_gpu_layers: int = 0
+    swa_full: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("type_k", "type_v"):
+            if getattr(self, name) not in KV_TYPES:
+                raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {', '.join(KV_TYPES)}")
+        if self.n_ctx is not None and self.n_ctx < 64:
+            raise ValueError(f"n_ctx={self.n_ctx} is too small; use at least 64 (default: {DEFAULT_N_CTX})")
+
+
+_MODELS: dict[tuple[str, ModelSettings], Model] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+class Model:
+    """A loaded GGUF model and its fingerprint, shared by every conversation that uses it.
+
+    Only one conversation's tokens live in the llama.cpp context at a time; ``lock`` serialises
+    generations and ``owner`` says whose tokens are in the KV cache.
+    """
+
+    def __init__(self, spec: str | None, path: Path, settings: ModelSettings, llm: llama_cpp.Llama) -> None:
+        self.spec = spec
+        self.path = path
+        self.settings = settings
+        self.llm = llm
+        self.lock = threading.RLock()
+        self.owner: Conversation | None = None
+        self.load_seconds = 0.0
+        self._sha256: str | None = None
+        self.metadata: dict[str, str] = dict(llm.metadata)
+        architecture = self.metadata.get("general.architecture", "")
+        self.chat_template = self.metadata.get("tokenizer.chat_template") or _fallback_template(architecture)
+        self.name = self.metadata.get("general.name") or path.stem
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, n_ctx={self.n_ctx}, path={str(self.path)!r})"
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self.llm.n_ctx())
+
+    @property
+    def n_swa(self) -> int:
+        return int(llama_cpp.llama_model_n_swa(self.llm.model))
+
+    @property
+    def sha256(self) -> str:
+        if self._sha256 is None:
+            self._sha256 = file_sha256(self.path)
+        return self._sha256
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything a saved KV state depends on; a session loads only where all of it matches."""
+        model = self.llm.model
+        return {
+            "llama_cpp_python": llama_cpp.__version__,
+            "model_sha256": self.sha256,
+            "model_name": self.name,
+            "architecture": self.metadata.get("general.architecture", "?"),
+            "n_layer": int(llama_cpp.llama_model_n_layer(model)),
+            "n_embd": int(llama_cpp.llama_model_n_embd(model)),
+            "n_vocab": int(self.llm.n_vocab()),
+            "n_ctx": self.n_ctx,
+            "type_k": self.settings.type_k,
+            "type_v": self.settings.type_v,
+            "flash_attn": self.settings.flash_attn,
+            "n_swa": self.n_swa,
+            "swa_full": self.settings.swa_full,
+            "chat_template_sha256": hashlib.sha256(self.chat_template.encode()).hexdigest(),
+        }
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.path.name}, n_ctx={self.n_ctx})"
+
+
+# Used only when a GGUF carries no chat template (base models): the family's own turn format where
+# known, else ChatML. Contents are not trimmed, so earlier turns render exactly as they were cached.
+_CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+_GEMMA = (
+    "{{ bos_token }}{% if messages and messages[0]['role'] == 'system' %}"
+    "{% set prefix = messages[0]['content'] + '\n\n' %}{% set turns = messages[1:] %}"
+    "{% else %}{% set prefix = '' %}{% set turns = messages %}{% endif %}"
+    "{% for message in turns %}{% set role = 'model' if message['role'] == 'assistant' else 'user' %}"
+    "{{ '<start_of_turn>' + role + '\n' + (prefix if loop.first else '') + message['content'] + "
+    "'<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+
+def _fallback_template(architecture: str) -> str:
+    return _GEMMA if architecture.startswith("gemma") else _CHATML
+
+
+def load_model(
+    spec: str | os.PathLike[str] | None = None,
+    settings: ModelSettings | None = None,
+    *,
+    reuse: bool = True,
+    **overrides: Any,
+) -> Model:
+    """Load a model once per process: the embedded default, a ``.gguf`` path or ``hf:owner/repo/file.gguf``.
+
+    Settings come from ``settings`` and/or keyword overrides (``load_model(path, n_ctx=4096)``).
+    Loading the same file with the same settings again returns the already loaded model, unless
+    ``reuse=False`` asks for a separate instance.
+    """
+    settings = replace(settings or ModelSettings(), **overrides)
+    path = resolve_model_path(spec)
+    key = (str(path.resolve()), settings)
+    with _MODELS_LOCK:
+        if reuse and key in _MODELS:
+            return _MODELS[key]
+        start = time.perf_counter()
+        llm = _open_llama(path, settings)
+        model = Model(None if spec is None else str(spec), path, settings, llm)
+        model.load_seconds = time.perf_counter() - start
+        if reuse:
+            _MODELS[key] = model
+        return model
+
+
+def loaded_models() -> list[Model]:
+    """Models loaded in this process."""
+    return list(_MODELS.values())
+
+
+def _open_llama(path: Path, settings: ModelSettings) -> llama_cpp.Llama:
+    n_ctx = settings.n_ctx or DEFAULT_N_CTX
+    kwargs = {k: v for k, v in asdict(settings).items() if k not in ("n_ctx", "type_k", "type_v", "n_threads")}
+    if settings.n_threads is not None:
+        kwargs["n_threads"] = settings.n_threads
+        kwargs["n_threads_batch"] = settings.n_threads
+    try:
+        llm = llama_cpp.Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            type_k=KV_TYPES[settings.type_k],
+            type_v=KV_TYPES[settings.type_v],
+            verbose=False,
+            **kwargs,
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"llama.cpp could not load {path}: {exc}. Is it a complete, supported GGUF?") from None
+    n_train = int(llm._model.n_ctx_train())
+    if settings.n_ctx is None and n_train < n_ctx:
+        # The default context is capped by what the model was trained for.
+        del llm
+        return _open_llama(path, replace(settings, n_ctx=n_train))
+    return llm

@@ -1,0 +1,265 @@
+"""Saving and restoring a Conversation's full session: history + KV state + model fingerprint."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import mmap
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import kvstate, session_format
+from .atomic import atomic_write
+from .errors import HistoryFormatError, SessionCorruptError, SessionMismatchError, SessionNotFoundError
+from .history import ChatHistory
+
+if TYPE_CHECKING:
+    from .conversation import Conversation, Progress
+    from .models import Model
+
+__all__ = ["write_session", "read_session", "compare_fingerprints", "VERIFY_MODES"]
+
+VERIFY_MODES = ("auto", "always", "never")
+_TOP_K = 8
+
+
+def write_session(conv: Conversation, path: Path | None) -> bytes | None:
+    """Serialise ``conv`` (whose tokens are in the KV cache); to ``path`` atomically, or as bytes."""
+    from . import __version__
+
+    llm = conv.model.llm
+    state = conv._state
+    verify = _fresh_top_logits(conv)
+    kv = bytearray(kvstate.state_size(llm))
+    written = kvstate.read_state_into(llm, kv)
+    if written != len(kv):
+        del kv[written:]
+    engine = {"text": state.text, "checkpoints": state.checkpoints}
+    header: dict[str, Any] = {
+        "lmchat": __version__,
+        "saved_at": time.time(),
+        "conversation_id": conv.history.conversation_id,
+        "model_spec": conv.model.spec,
+        "n_tokens": len(state.tokens),
+        "compat": conv.model.fingerprint(),
+        "verify": verify,
+    }
+    chunks = session_format.build(
+        header,
+        [
+            ("history", conv.history.to_bytes()),
+            ("engine", json.dumps(engine, ensure_ascii=False).encode("utf-8")),
+            ("tokens", np.asarray(state.tokens, dtype="<i4").tobytes()),
+            ("kv", kv),
+        ],
+    )
+    if path is None:
+        return b"".join(chunks)
+    atomic_write(path, chunks)
+    return None
+
+
+def _fresh_top_logits(conv: Conversation) -> list[list[float]] | None:
+    """The last position's best logits, re-decoding the last token if they are stale."""
+    llm = conv.model.llm
+    tokens = conv._state.tokens
+    if not tokens:
+        return None
+    if not conv._logits_fresh:
+        if not kvstate.truncate(llm, len(tokens) - 1):
+            return None
+        llm.eval([tokens[-1]])
+        conv._logits_fresh = True
+    return [[t, v] for t, v in kvstate.last_logits_top(llm, _TOP_K)]
+
+
+def compare_fingerprints(saved: object, current: dict[str, Any]) -> dict[str, tuple[object, object]]:
+    """Fields whose saved value differs from the current model's."""
+    if not isinstance(saved, dict):
+        return {"fingerprint": ("missing", "present")}
+    keys = set(saved) | set(current)
+    return {k: (saved.get(k), current.get(k)) for k in sorted(keys) if saved.get(k) != current.get(k)}
+
+
+def read_session(
+    cls: type[Conversation],
+    model: Model,
+    source: str | os.PathLike[str] | bytes | bytearray,
+    *,
+    verify: str = "auto",
+    use_kv: bool = True,
+    progress: Progress | None = None,
+    **kwargs: Any,
+) -> Conversation:
+    if verify not in VERIFY_MODES:
+        raise ValueError(f"verify={verify!r}; choose one of {VERIFY_MODES}")
+    if isinstance(source, (bytes, bytearray)):
+        return _restore_from_buffer(
+            cls, model, memoryview(source), "session bytes", source, verify, use_kv, progress, kwargs
+        )
+    path = Path(source)
+    if path.is_dir():
+        raise SessionCorruptError(f"{path} is a directory, not a session file; remove it or name the file")
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise SessionNotFoundError(
+            f"no session file at {path}. Check the path, or start a new conversation (Conversation(model))"
+        ) from None
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            raise SessionCorruptError(f"{path} is empty: not a usable lmchat session (an interrupted copy?)")
+        try:
+            mapped = mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
+        except (OSError, ValueError) as exc:
+            raise SessionCorruptError(f"{path} cannot be mapped: {exc}") from None
+    finally:
+        os.close(fd)
+    try:
+        return _restore_from_buffer(
+            cls, model, memoryview(mapped), str(path), mapped, verify, use_kv, progress, kwargs
+        )
+    finally:
+        try:
+            mapped.close()
+        except BufferError:
+            pass  # a view is still alive somewhere; the map is freed with it
+
+
+def _restore_from_buffer(
+    cls: type[Conversation],
+    model: Model,
+    view: memoryview,
+    source: str,
+    owner: bytes | bytearray | mmap.mmap,
+    verify: str,
+    use_kv: bool,
+    progress: Progress | None,
+    kwargs: dict[str, Any],
+) -> Conversation:
+    start = time.perf_counter()
+    parsed = session_format.parse(view, source)
+    try:
+        history = ChatHistory.from_bytes(parsed.sections["history"])
+        tokens = np.frombuffer(parsed.sections["tokens"], dtype="<i4").tolist()
+        engine = json.loads(bytes(parsed.sections["engine"]).decode("utf-8"))
+    except (HistoryFormatError, ValueError, UnicodeDecodeError) as exc:
+        raise SessionCorruptError(f"{source}: its contents do not parse ({exc})") from None
+    current = model.fingerprint()
+    differences = compare_fingerprints(parsed.header.get("compat"), current)
+    if differences:
+        what = "; ".join(f"{k}: saved {_short(a)}, now {_short(b)}" for k, a, b in _rows(differences))
+        saved_name = (parsed.header.get("compat") or {}).get("model_name", "?")
+        raise SessionMismatchError(
+            f"{source} was saved with {saved_name} under other settings than this kernel's {model.name} ({what}). "
+            "Its KV state cannot be used here; restore its history instead: "
+            "Conversation.from_history(model, error.history)",
+            differences,
+            history,
+        )
+    state = _checked_engine_state(engine, tokens, model, source)
+    kv_view = parsed.sections["kv"]
+    conv = cls(model, history=history, **kwargs)
+    with conv._turn_lock, model.lock:
+        conv._activate()
+        loaded = False
+        if use_kv and state.tokens:
+            address = _address(owner, parsed.offsets["kv"])
+            loaded = kvstate.load_state(model.llm, address, len(kv_view), state.tokens)
+        kv_view.release()
+        note = "full session"
+        if loaded:
+            conv._state = state
+            conv._logits_fresh = False
+            if _needs_verify(verify, model) and not _verified(conv, parsed.header.get("verify")):
+                note = "session tokens (the restored KV state did not verify, so they were evaluated again)"
+                loaded = False
+        elif use_kv:
+            note = "session tokens (llama.cpp refused the saved KV state, so they were evaluated again)"
+        else:
+            note = "session tokens (evaluated again, KV state not used)"
+        if not loaded:
+            conv._reevaluate(state, progress)
+    conv.history.token_count = len(conv._state.tokens)
+    conv.restored_from = f"{note} from {source} in {time.perf_counter() - start:.3f} s"
+    conv._emit("restored", text=conv.restored_from)
+    return conv
+
+
+def _rows(differences: dict[str, tuple[object, object]]) -> list[tuple[str, object, object]]:
+    return [(k, a, b) for k, (a, b) in differences.items()]
+
+
+def _short(value: object) -> str:
+    text = str(value)
+    return text[:12] + "…" if len(text) > 16 else text
+
+
+def _checked_engine_state(engine: object, tokens: list[int], model: Model, source: str) -> Any:
+    from .conversation import EngineState
+
+    def corrupt(why: str) -> SessionCorruptError:
+        return SessionCorruptError(f"{source}: {why}; the session was not loaded")
+
+    if not isinstance(engine, dict) or not isinstance(engine.get("text"), str):
+        raise corrupt("its engine section is malformed")
+    if len(tokens) > model.n_ctx:
+        raise corrupt(f"it holds {len(tokens):,} tokens, more than n_ctx={model.n_ctx:,}")
+    n_vocab = model.llm.n_vocab()
+    if tokens and (min(tokens) < 0 or max(tokens) >= n_vocab):
+        raise corrupt("it holds token ids outside the model's vocabulary")
+    text = engine["text"]
+    raw = engine.get("checkpoints")
+    if not isinstance(raw, list) or not raw:
+        raise corrupt("its checkpoints are malformed")
+    checkpoints: list[tuple[int, int]] = []
+    for item in raw:
+        if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, int) for x in item)):
+            raise corrupt("its checkpoints are malformed")
+        t, n = item
+        if not (0 <= t <= len(text) and 0 <= n <= len(tokens)) or (checkpoints and n < checkpoints[-1][1]):
+            raise corrupt("its checkpoints point outside the saved state")
+        checkpoints.append((t, n))
+    if checkpoints[0] != (0, 0):
+        checkpoints.insert(0, (0, 0))
+    return EngineState(tokens, text, checkpoints)
+
+
+def _address(owner: bytes | bytearray | mmap.mmap, offset: int) -> int:
+    if isinstance(owner, bytes):
+        base = ctypes.cast(ctypes.c_char_p(owner), ctypes.c_void_p).value or 0
+        return base + offset
+    anchor = ctypes.c_char.from_buffer(owner, offset)
+    address = ctypes.addressof(anchor)
+    del anchor
+    return address
+
+
+def _needs_verify(mode: str, model: Model) -> bool:
+    return mode == "always" or (mode == "auto" and model.n_swa > 0)
+
+
+def _verified(conv: Conversation, saved: object) -> bool:
+    """Re-decode the last token and compare its best logits with those stored at save time."""
+    if not isinstance(saved, list) or not saved:
+        return False
+    llm = conv.model.llm
+    tokens = conv._state.tokens
+    if not kvstate.truncate(llm, len(tokens) - 1):
+        return False
+    llm.eval([tokens[-1]])
+    conv._logits_fresh = True
+    now = kvstate.last_logits_top(llm, _TOP_K)
+    try:
+        saved_top = [(int(t), float(v)) for t, v in saved]
+    except (TypeError, ValueError):
+        return False
+    if now[0][0] != saved_top[0][0]:
+        return False
+    saved_map = dict(saved_top)
+    return all(abs(v - saved_map[t]) <= 0.05 + 0.01 * abs(v) for t, v in now if t in saved_map)
