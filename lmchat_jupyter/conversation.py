@@ -324,10 +324,9 @@ class Conversation:
         """After an interruption, cut the cache back to the tokens the conversation knows it holds."""
         llm = self.model.llm
         n = len(self._state.tokens)
-        if llm.n_tokens != n or not kvstate.truncate(llm, n):
-            if not kvstate.truncate(llm, n):
-                kvstate.clear(llm)
-                self._state = EngineState()
+        if not kvstate.truncate(llm, n):
+            kvstate.clear(llm)
+            self._state = EngineState()
         self._logits_fresh = False
 
     def _sync(self, target: str, reserve: int = 0, evaluate: bool = True, progress: Progress | None = None) -> int:
@@ -423,13 +422,32 @@ class Conversation:
         With a path the file is written atomically and ``None`` is returned; without one the session
         is returned as bytes.
         """
-        from .session import write_session
+        from .atomic import atomic_write
+        from .session import session_chunks
 
         if self.history.user_message_count == 0:
             raise NothingToSaveError("the conversation has no turns yet; send a message before saving")
         with self._turn_lock, self.model.lock:
             self._activate()
-            return write_session(self, None if path is None else Path(path))
+            chunks = session_chunks(self)
+        # The file is written outside the locks: the next turn need not wait for the disk.
+        if path is None:
+            return b"".join(chunks)
+        atomic_write(Path(path), chunks)
+        return None
+
+    def switch_model(self, model: Model, progress: Progress | None = None) -> None:
+        """Continue on another model: the history carries over and is evaluated again; the old KV is dropped."""
+        with self._turn_lock, self.model.lock:
+            if self.model.owner is self:
+                self.model.owner = None
+            self.model = model
+            self._renderer = ChatRenderer(model)
+            self._state = EngineState()
+            self._parked_kv = None
+            self._logits_fresh = False
+        self.prefill(progress)
+        self._emit("model_changed", text=model.describe())
 
     def close(self) -> None:
         """Save to the autosave path if there is unsaved work."""
@@ -473,7 +491,13 @@ class Conversation:
 
     @classmethod
     def from_history(
-        cls, model: Model, history: ChatHistory, *, prefill: bool = True, progress: Progress | None = None, **kwargs: Any
+        cls,
+        model: Model,
+        history: ChatHistory,
+        *,
+        prefill: bool = True,
+        progress: Progress | None = None,
+        **kwargs: Any,
     ) -> Conversation:
         """A conversation on ``model`` from a history alone (any model); re-evaluates the history."""
         conv = cls(model, history=history.copy(), **kwargs)
@@ -486,7 +510,9 @@ class Conversation:
 class StreamingTurn:
     """An answer being generated: iterate it for text pieces; ``result`` is set once it is done."""
 
-    def __init__(self, conv: Conversation, prompt: str | None, cell_id: str | None, opts: GenerationOptions, wait: bool):
+    def __init__(
+        self, conv: Conversation, prompt: str | None, cell_id: str | None, opts: GenerationOptions, wait: bool
+    ):
         self._conv = conv
         self._prompt = prompt
         self._cell_id = cell_id

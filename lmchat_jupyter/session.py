@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import mmap
@@ -13,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import kvstate, session_format
-from .atomic import atomic_write
 from .errors import HistoryFormatError, SessionCorruptError, SessionMismatchError, SessionNotFoundError
 from .history import ChatHistory
 
@@ -21,14 +21,17 @@ if TYPE_CHECKING:
     from .conversation import Conversation, Progress
     from .models import Model
 
-__all__ = ["write_session", "read_session", "compare_fingerprints", "VERIFY_MODES"]
+__all__ = ["session_chunks", "read_session", "compare_fingerprints", "VERIFY_MODES"]
 
 VERIFY_MODES = ("auto", "always", "never")
 _TOP_K = 8
 
 
-def write_session(conv: Conversation, path: Path | None) -> bytes | None:
-    """Serialise ``conv`` (whose tokens are in the KV cache); to ``path`` atomically, or as bytes."""
+def session_chunks(conv: Conversation) -> list[memoryview]:
+    """The bytes of ``conv``'s session, in order (``conv``'s tokens must be in the KV cache).
+
+    The KV state is copied once, straight from llama.cpp into the buffer that gets written.
+    """
     from . import __version__
 
     llm = conv.model.llm
@@ -48,7 +51,7 @@ def write_session(conv: Conversation, path: Path | None) -> bytes | None:
         "compat": conv.model.fingerprint(),
         "verify": verify,
     }
-    chunks = session_format.build(
+    return session_format.build(
         header,
         [
             ("history", conv.history.to_bytes()),
@@ -57,10 +60,6 @@ def write_session(conv: Conversation, path: Path | None) -> bytes | None:
             ("kv", kv),
         ],
     )
-    if path is None:
-        return b"".join(chunks)
-    atomic_write(path, chunks)
-    return None
 
 
 def _fresh_top_logits(conv: Conversation) -> list[list[float]] | None:
@@ -121,14 +120,10 @@ def read_session(
     finally:
         os.close(fd)
     try:
-        return _restore_from_buffer(
-            cls, model, memoryview(mapped), str(path), mapped, verify, use_kv, progress, kwargs
-        )
+        return _restore_from_buffer(cls, model, memoryview(mapped), str(path), mapped, verify, use_kv, progress, kwargs)
     finally:
-        try:
-            mapped.close()
-        except BufferError:
-            pass  # a view is still alive somewhere; the map is freed with it
+        with contextlib.suppress(BufferError):
+            mapped.close()  # a view still alive elsewhere keeps the map until it is freed
 
 
 def _restore_from_buffer(
