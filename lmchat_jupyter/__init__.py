@@ -30,12 +30,14 @@ from .errors import (
 )
 from .events import ConversationEvent
 from .history import ChatHistory, Message
+from .kernel import current
 from .models import Model, ModelSettings, load_model
 from .results import ConversationInfo, GenerationOptions, TurnResult
 
 __all__ = [
     "__version__",
     "load_model",
+    "current",
     "Model",
     "ModelSettings",
     "Conversation",
@@ -60,6 +62,14 @@ __all__ = [
     "load_ipython_extension",
     "unload_ipython_extension",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ChatWidget":  # imported on demand: it pulls in ipywidgets
+        from .widget import ChatWidget
+
+        return ChatWidget
+    raise AttributeError(f"module 'lmchat_jupyter' has no attribute {name!r}")
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
@@ -22,8 +23,8 @@ class ChatRenderer:
         llm = model.llm
         self._eos = _token_text(model, llm.token_eos())
         self._bos = _token_text(model, llm.token_bos())
-        self._with_prompt = Jinja2ChatFormatter(model.chat_template, self._eos, self._bos, True)
-        self._without_prompt = Jinja2ChatFormatter(model.chat_template, self._eos, self._bos, False)
+        self._with_prompt = _formatter(model.chat_template, self._eos, self._bos, True)
+        self._without_prompt = _formatter(model.chat_template, self._eos, self._bos, False)
 
     def render(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
         formatter = self._with_prompt if generation_prompt else self._without_prompt
@@ -37,6 +38,13 @@ class ChatRenderer:
         if not text:
             return []
         return list(self.model.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+
+@functools.lru_cache(maxsize=32)
+def _formatter(template: str, eos: str, bos: str, generation_prompt: bool) -> Jinja2ChatFormatter:
+    # Compiling a template takes tens of milliseconds, more than restoring a session; a compiled
+    # template only renders, so every conversation on the same model shares one.
+    return Jinja2ChatFormatter(template, eos, bos, generation_prompt)
 
 
 def _token_text(model: Model, token: int) -> str:

@@ -16,13 +16,14 @@ import json
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import xxhash
 
 from .errors import SessionCorruptError
 
-__all__ = ["MAGIC", "FORMAT_VERSION", "build", "parse", "ParsedSession", "SECTION_NAMES"]
+__all__ = ["MAGIC", "FORMAT_VERSION", "build", "parse", "read_header", "ParsedSession", "SECTION_NAMES"]
 
 MAGIC = b"LMCHATS\x00"
 FORMAT_VERSION = 1
@@ -117,3 +118,25 @@ def parse(buf: memoryview, source: str) -> ParsedSession:
     if missing:
         raise corrupt(f"it lacks the section(s) {', '.join(missing)}")
     return ParsedSession(header, sections, offsets)
+
+
+def read_header(path: Path) -> dict[str, Any]:
+    """A session file's header alone, checked, without reading its sections."""
+    with path.open("rb") as fh:
+        lead = fh.read(PREFIX.size)
+        if len(lead) < PREFIX.size:
+            raise SessionCorruptError(f"{path} is too short to be an lmchat session")
+        magic, version, head_len = PREFIX.unpack(lead)
+        if magic != MAGIC or version != FORMAT_VERSION or head_len > MAX_HEADER:
+            raise SessionCorruptError(f"{path} is not an lmchat session of format {FORMAT_VERSION}")
+        head = fh.read(head_len)
+        digest = fh.read(8)
+    if len(head) != head_len or digest.hex() != _digest(head):
+        raise SessionCorruptError(f"{path} has a damaged header")
+    try:
+        header = json.loads(head.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise SessionCorruptError(f"{path} has a header that is not JSON") from None
+    if not isinstance(header, dict):
+        raise SessionCorruptError(f"{path} has a malformed header")
+    return header

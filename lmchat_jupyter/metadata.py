@@ -1,0 +1,120 @@
+"""The history embedded in notebook metadata (``metadata.lmchat``): build it, and check it as untrusted input.
+
+Shape (format 1)::
+
+    {"format": 1, "conversations": {NAME: {"id": ..., "model": {"spec", "name", "sha256"},
+                                            "messages": [{"id", "role", "content", "cell_id"?}, ...]}}}
+
+Limits: the whole value at most ``MAX_METADATA_BYTES``, at most ``MAX_CONVERSATIONS`` conversations,
+and each history within :data:`lmchat_jupyter.history.LIMITS`. Names must pass
+:func:`~lmchat_jupyter.sidecar.check_name`, so none can point outside the sidecar folder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import HistoryFormatError, LmchatError
+from .history import HISTORY_FORMAT, ChatHistory
+from .sidecar import check_name
+
+if TYPE_CHECKING:
+    from .conversation import Conversation
+
+__all__ = [
+    "EmbeddedChat",
+    "METADATA_KEY",
+    "METADATA_FORMAT",
+    "build_metadata",
+    "parse_metadata",
+    "read_notebook_metadata",
+]
+
+METADATA_KEY = "lmchat"
+METADATA_FORMAT = 1
+MAX_METADATA_BYTES = 8 * 1024 * 1024
+MAX_CONVERSATIONS = 32
+MAX_NOTEBOOK_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class EmbeddedChat:
+    """One conversation as found in a notebook's metadata."""
+
+    name: str
+    history: ChatHistory
+    model_spec: str | None
+
+
+def build_metadata(conversations: dict[str, Conversation]) -> dict[str, Any] | None:
+    """The value to store under ``metadata.lmchat``; None when there is nothing to embed."""
+    out: dict[str, Any] = {}
+    for name, conv in conversations.items():
+        if not conv.history.message_count:
+            continue
+        out[name] = {
+            "id": conv.history.conversation_id,
+            "model": {"spec": conv.model.spec, "name": conv.model.name, "sha256": conv.model.sha256},
+            "messages": [m.to_json() for m in conv.history],
+        }
+    if not out:
+        return None
+    value = {"format": METADATA_FORMAT, "conversations": out}
+    if len(json.dumps(value, ensure_ascii=False).encode()) > MAX_METADATA_BYTES:
+        raise LmchatError(
+            f"the chat history is over {MAX_METADATA_BYTES // 2**20} MB, too big to embed in the notebook; "
+            "it is still saved in the sidecar folder"
+        )
+    return value
+
+
+def parse_metadata(value: object) -> list[EmbeddedChat]:
+    """Check untrusted ``metadata.lmchat`` and return its conversations; HistoryFormatError says what is wrong."""
+    if value is None:
+        return []
+    if not isinstance(value, dict):
+        raise HistoryFormatError(f"notebook metadata 'lmchat' must be an object, not {type(value).__name__}")
+    size = len(json.dumps(value, ensure_ascii=False).encode())
+    if size > MAX_METADATA_BYTES:
+        raise HistoryFormatError(f"notebook metadata 'lmchat' is {size:,} bytes, over the {MAX_METADATA_BYTES:,} limit")
+    if value.get("format") != METADATA_FORMAT:
+        raise HistoryFormatError(
+            f"notebook metadata 'lmchat' has format {value.get('format')!r}; this lmchat reads {METADATA_FORMAT}"
+        )
+    conversations = value.get("conversations")
+    if not isinstance(conversations, dict):
+        raise HistoryFormatError("notebook metadata 'lmchat' has no 'conversations' object")
+    if len(conversations) > MAX_CONVERSATIONS:
+        raise HistoryFormatError(f"notebook metadata 'lmchat' has over {MAX_CONVERSATIONS} conversations")
+    found = []
+    for raw_name, entry in conversations.items():
+        try:
+            name = check_name(raw_name)
+        except LmchatError as exc:
+            raise HistoryFormatError(f"notebook metadata: {exc}") from None
+        if not isinstance(entry, dict):
+            raise HistoryFormatError(f"notebook metadata: conversation {name!r} is not an object")
+        history = ChatHistory.from_json(
+            {"format": HISTORY_FORMAT, "conversation_id": entry.get("id"), "messages": entry.get("messages")}
+        )
+        model = entry.get("model")
+        spec = model.get("spec") if isinstance(model, dict) else None
+        if spec is not None and (not isinstance(spec, str) or len(spec) > 1000):
+            raise HistoryFormatError(f"notebook metadata: conversation {name!r} has a malformed model spec")
+        found.append(EmbeddedChat(name, history, spec))
+    return found
+
+
+def read_notebook_metadata(path: Path) -> object:
+    """``metadata.lmchat`` of the .ipynb at ``path`` (None if absent or unreadable)."""
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_NOTEBOOK_BYTES:
+            return None
+        notebook = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    metadata = notebook.get("metadata") if isinstance(notebook, dict) else None
+    return metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None

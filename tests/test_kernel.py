@@ -1,0 +1,153 @@
+"""%load_ext lmchat and %%chat in real kernels: save to the sidecar, restore on restart, idempotent re-runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lmchat_jupyter import ChatHistory
+
+from .kernel_driver import KernelDriver, notebook_file
+
+CHAT = "%%chat --temperature 0 --max-tokens 12\n"
+PROMPTS = {"c1": "My name is Ada.", "c2": "I like red apples.", "c3": "What is my name?"}
+
+
+@pytest.fixture
+def notebook(tmp_path: Path) -> Path:
+    return notebook_file(tmp_path, "my notes ü.ipynb")
+
+
+def sidecar(notebook: Path) -> Path:
+    return notebook.with_name("my notes ü.lmchat")
+
+
+def count_users(k: KernelDriver) -> int:
+    return int(k.value("__import__('lmchat_jupyter').current().info.user_message_count"))
+
+
+def test_restart_restores_and_rerun_is_idempotent(notebook: Path) -> None:
+    k = KernelDriver(notebook, notebook.parent)
+    try:
+        assert k.run("%load_ext lmchat").error is None
+        answers = {}
+        for cell, prompt in PROMPTS.items():
+            run = k.run(CHAT + prompt, cell_id=cell)
+            assert run.error is None, run.text
+            answers[cell] = k.value("__import__('lmchat_jupyter').current().history[-1].content")
+            assert answers[cell] in run.displays[-1]
+            assert "tok/s" in run.displays[-1]
+    finally:
+        k.shutdown()
+    folder = sidecar(notebook)
+    assert (folder / "default.lmsession").is_file()
+    saved = ChatHistory.load(folder / "default.history.json")
+    assert saved.user_message_count == 3
+
+    k = KernelDriver(notebook, notebook.parent)
+    try:
+        loaded = k.run("%load_ext lmchat")
+        assert "restored default: 6 messages" in loaded.stdout, loaded.text
+        assert "full session" in loaded.stdout
+        # Re-running the three cells shows the stored answers: no generation, no duplicates.
+        for cell, prompt in PROMPTS.items():
+            run = k.run(CHAT + prompt, cell_id=cell)
+            assert "not generated again" in run.displays[-1]
+            assert answers[cell] in run.displays[-1]
+        assert count_users(k) == 3
+        # A new cell after the restart evaluates only its own tokens.
+        assert k.run(CHAT + "And what fruit do I like?", cell_id="c4").error is None
+        stats = k.value(
+            "(lambda r: [r.prompt_tokens, r.cached_tokens])(__import__('lmchat_jupyter').current().last_result)"
+        )
+        assert stats[0] < 30 and stats[1] > 40, stats
+        # Editing the second cell rewinds the conversation to it and answers anew.
+        run = k.run(CHAT + "I like green pears.", cell_id="c2")
+        assert "not generated again" not in run.displays[-1]
+        history = k.value("[m.content for m in __import__('lmchat_jupyter').current().history]")
+        assert history[0:3:2] == ["My name is Ada.", "I like green pears."]
+        assert count_users(k) == 2
+        # --regen answers the same cell again without adding a turn.
+        assert (
+            k.run("%%chat --regen --temperature 0.9 --seed 3 --max-tokens 8\nI like green pears.", "c2").error is None
+        )
+        assert count_users(k) == 2
+    finally:
+        k.shutdown()
+
+
+def test_without_cell_ids_reruns_follow_the_order(notebook: Path) -> None:
+    k = KernelDriver(notebook, notebook.parent)
+    try:
+        k.run("%load_ext lmchat")
+        for prompt in PROMPTS.values():
+            assert k.run(CHAT + prompt).error is None
+    finally:
+        k.shutdown()
+    k = KernelDriver(notebook, notebook.parent)
+    try:
+        k.run("%load_ext lmchat")
+        runs = [k.run(CHAT + prompt) for prompt in PROMPTS.values()]
+        assert all("not generated again" in r.displays[-1] for r in runs)
+        assert count_users(k) == 3
+    finally:
+        k.shutdown()
+
+
+def test_kill_9_keeps_completed_turns_and_sigterm_saves(notebook: Path) -> None:
+    k = KernelDriver(notebook, notebook.parent)
+    k.run("%load_ext lmchat")
+    k.run(CHAT + PROMPTS["c1"], cell_id="c1")
+    k.run(CHAT + PROMPTS["c2"], cell_id="c2")
+    k.kill()  # at once: the background session save may not have happened
+    k = KernelDriver(notebook, notebook.parent)
+    try:
+        assert "restored default: 4 messages" in k.run("%load_ext lmchat").stdout
+        assert count_users(k) == 2
+        # A change no turn announced is saved by the SIGTERM handler.
+        k.run("__import__('lmchat_jupyter').current().history[-1].meta['note'] = 'kept'")
+    finally:
+        k.terminate()
+    history = json.loads((sidecar(notebook) / "default.history.json").read_text())
+    assert history["messages"][-1]["meta"]["note"] == "kept"
+    assert not list(sidecar(notebook).glob(".*lmchat-tmp")), "no temp files left behind"
+
+
+def test_two_kernels_on_one_notebook(notebook: Path) -> None:
+    first = KernelDriver(notebook, notebook.parent)
+    second = KernelDriver(notebook, notebook.parent)
+    try:
+        first.run("%load_ext lmchat")
+        first.run(CHAT + PROMPTS["c1"], cell_id="c1")
+        told = second.run("%load_ext lmchat")
+        assert "in use by another kernel" in told.stdout
+        second.run(CHAT + "Hello from the second kernel.", cell_id="x")
+        first.run(CHAT + PROMPTS["c2"], cell_id="c2")
+    finally:
+        second.shutdown()
+        first.shutdown()
+    saved = ChatHistory.load(sidecar(notebook) / "default.history.json")
+    assert [m.content for m in saved if m.role == "user"] == [PROMPTS["c1"], PROMPTS["c2"]]
+
+
+def test_magic_usage_errors_and_help(notebook: Path) -> None:
+    k = KernelDriver(notebook, notebook.parent)
+    try:
+        k.run("%load_ext lmchat")
+        k.run("%load_ext lmchat")  # twice is harmless
+        bad = k.run("%%chat --temperature hot\nhi")
+        assert bad.stderr.startswith("UsageError: %%chat: argument --temperature"), bad.text
+        assert "Traceback" not in bad.text
+        assert k.run("%%chat\n   ").stderr.startswith("UsageError: %%chat: the cell is empty")
+        assert k.run("%chat frobnicate").stderr.startswith("UsageError")
+        assert "not a valid conversation name" in k.run("%chat use ../../etc").stderr
+        help_text = k.run("%chat?")
+        assert "%chat rewind N" in help_text.text
+        info = k.run("%chat info")
+        assert "sidecar:" in info.stdout and "my notes ü.lmchat" in info.stdout
+        k.run("%unload_ext lmchat")
+        assert "UsageError" in k.run("%%chat\nhi").stderr
+    finally:
+        k.shutdown()
