@@ -1,0 +1,61 @@
+"""The example notebooks run top to bottom (nbval), and a Run-All after a restart replays the stored answers."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def copy_example(name: str, tmp_path: Path) -> Path:
+    target = tmp_path / name
+    shutil.copy(EXAMPLES / name, target)
+    return target
+
+
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "restart-and-rerun.ipynb"])
+def test_example_runs_under_nbval(name: str, tmp_path: Path) -> None:
+    notebook = copy_example(name, tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q", str(notebook)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+
+
+def outputs(nb: nbformat.NotebookNode) -> list[str]:
+    texts = []
+    for cell in nb.cells:
+        if cell.cell_type != "code" or not cell.source.startswith("%%chat"):
+            continue
+        text = ""
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            text += data.get("text/markdown", "") or data.get("text/plain", "") or out.get("text", "")
+        texts.append(text)
+    return texts
+
+
+def test_run_all_after_restart_replays_without_generating(tmp_path: Path) -> None:
+    notebook = copy_example("restart-and-rerun.ipynb", tmp_path)
+    first = nbformat.read(notebook, as_version=4)
+    NotebookClient(first, timeout=600, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    generated = outputs(first)
+    assert len(generated) == 3 and all("tok/s" in t for t in generated)
+
+    second = nbformat.read(notebook, as_version=4)  # a new kernel: the restart
+    NotebookClient(second, timeout=600, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    replayed = outputs(second)
+    assert all("not generated again" in t for t in replayed), replayed
+    for before, after in zip(generated, replayed, strict=True):
+        assert before.split("<sub>")[0].strip() == after.split("<sub>")[0].strip()
