@@ -1,0 +1,79 @@
+"""History embedded in notebook metadata: restore from the .ipynb alone, and hostile metadata refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lmchat_jupyter import HistoryFormatError
+from lmchat_jupyter.metadata import MAX_METADATA_BYTES, parse_metadata
+
+from .kernel_driver import KernelDriver, notebook_file
+
+MESSAGES = [
+    {"id": "m1", "role": "user", "content": "My name is Ada.", "cell_id": "c1"},
+    {"id": "m2", "role": "assistant", "content": "Nice to meet you, Ada!", "cell_id": "c1"},
+]
+
+
+def embedded(messages: object = MESSAGES, name: str = "default") -> dict[str, object]:
+    return {"format": 1, "conversations": {name: {"id": "conv1", "model": {"spec": None}, "messages": messages}}}
+
+
+def test_restore_from_the_ipynb_alone(tmp_path: Path) -> None:
+    notebook = notebook_file(tmp_path, "shared.ipynb", {"lmchat": embedded()})
+    k = KernelDriver(notebook, tmp_path)
+    try:
+        loaded = k.run("%load_ext lmchat")
+        assert "history from the notebook's metadata" in loaded.stdout, loaded.text
+        # The cell that produced the embedded turn is replayed, not generated.
+        replay = k.run("%%chat\nMy name is Ada.", cell_id="c1")
+        assert "Nice to meet you, Ada!" in replay.displays[-1] and "not generated again" in replay.displays[-1]
+        nxt = k.run("%%chat --temperature 0 --max-tokens 8\nWhat is my name?", cell_id="c2")
+        assert nxt.error is None
+        cached = k.value("__import__('lmchat_jupyter').current().last_result.cached_tokens")
+        assert cached > 10  # the embedded history was evaluated into the cache before the new turn
+    finally:
+        k.shutdown()
+    assert (tmp_path / "shared.lmchat" / "default.lmsession").is_file()
+
+
+HOSTILE = {
+    "not an object": ["a list"],
+    "wrong format": {"format": 99, "conversations": {}},
+    "conversations not an object": {"format": 1, "conversations": "x"},
+    "relative path name": embedded(name="../../escape"),
+    "absolute path name": embedded(name="/etc/passwd"),
+    "control characters in name": embedded(name="bad\x07name"),
+    "messages not a list": embedded(messages="hi"),
+    "message of wrong type": embedded(messages=[42]),
+    "unknown role": embedded(messages=[{"role": "root", "content": "x"}]),
+    "content not text": embedded(messages=[{"role": "user", "content": {"$": 1}}]),
+    "100k messages": embedded(messages=[{"role": "user", "content": "x"}] * 100_000),
+    "huge string": embedded(messages=[{"role": "user", "content": "x" * (MAX_METADATA_BYTES + 1)}]),
+    "cell id with newline": embedded(messages=[{"role": "user", "content": "x", "cell_id": "a\nb"}]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_metadata_is_refused_with_a_clear_message(case: str) -> None:
+    with pytest.raises(HistoryFormatError) as info:
+        parse_metadata(HOSTILE[case])
+    assert len(str(info.value)) < 300  # a sentence, not a dump of the input
+
+
+def test_hostile_metadata_in_a_kernel_touches_nothing_outside_the_sidecar(tmp_path: Path) -> None:
+    inside = tmp_path / "nb"
+    inside.mkdir()
+    notebook = notebook_file(inside, "evil.ipynb", {"lmchat": embedded(name="../../escape")})
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    k = KernelDriver(notebook, inside)
+    try:
+        loaded = k.run("%load_ext lmchat")
+        assert loaded.error is None and "Traceback" not in loaded.text
+        assert "not a valid conversation name" in loaded.stdout
+    finally:
+        k.shutdown()
+    after = sorted(p.name for p in tmp_path.rglob("*"))
+    assert set(after) - set(before) <= {"evil.lmchat", ".lock"}
