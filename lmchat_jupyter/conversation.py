@@ -281,11 +281,8 @@ class Conversation:
         self._emit("cleared")
 
     def _rewind_cache(self) -> None:
-        if self.model.owner is self:
-            self._sync(self._render(generation_prompt=False), evaluate=False)
-        else:
-            self._parked_kv = None
-            self._state = EngineState()
+        self._activate()
+        self._sync(self._render(generation_prompt=False), evaluate=False)
         self.history.token_count = len(self._state.tokens)
 
     # --- the KV cache ---------------------------------------------------------------------------
