@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import logging
 import os
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -114,7 +118,12 @@ class Model:
         }
 
     def describe(self) -> str:
+        """``name (file.gguf, n_ctx=N)``."""
         return f"{self.name} ({self.path.name}, n_ctx={self.n_ctx})"
+
+    def describe_load(self) -> str:
+        """``Loaded name (file.gguf, n_ctx=N) in 0.6 s``: what loading it took."""
+        return f"Loaded {self.describe()} in {self.load_seconds:.1f} s"
 
 
 # Used only when a GGUF carries no chat template (base models): the family's own turn format where
@@ -142,6 +151,7 @@ def load_model(
     settings: ModelSettings | None = None,
     *,
     reuse: bool = True,
+    progress: bool | Callable[[str], None] = False,
     **overrides: Any,
 ) -> Model:
     """Load a model once per process: the embedded default, a ``.gguf`` path or ``hf:owner/repo/file.gguf``.
@@ -149,20 +159,37 @@ def load_model(
     Settings come from ``settings`` and/or keyword overrides (``load_model(path, n_ctx=4096)``).
     Loading the same file with the same settings again returns the already loaded model, unless
     ``reuse=False`` asks for a separate instance.
+
+    ``progress=True`` prints ``Loading file.gguf …`` and then ``Loaded name (file.gguf, n_ctx=N) in 0.6 s``
+    (a Hub download shows huggingface_hub's own progress bar first); a callable receives those lines
+    instead. llama.cpp's own log never reaches stderr: it goes to the ``lmchat_jupyter.llama`` logger.
     """
     settings = replace(settings or ModelSettings(), **overrides)
+    report = _reporter(progress)
     path = resolve_model_path(spec)
     key = (str(path.resolve()), settings)
     with _MODELS_LOCK:
         if reuse and key in _MODELS:
-            return _MODELS[key]
+            model = _MODELS[key]
+            report(f"Using {model.describe()}, already loaded")
+            return model
+        report(f"Loading {path.name} …")
         start = time.perf_counter()
         llm = _open_llama(path, settings)
         model = Model(None if spec is None else str(spec), path, settings, llm)
         model.load_seconds = time.perf_counter() - start
         if reuse:
             _MODELS[key] = model
-        return model
+    report(model.describe_load())
+    return model
+
+
+def _reporter(progress: bool | Callable[[str], None]) -> Callable[[str], None]:
+    if callable(progress):
+        return progress
+    if progress:
+        return lambda line: print(line, flush=True)
+    return lambda line: None
 
 
 def loaded_models() -> list[Model]:
@@ -176,6 +203,8 @@ def _open_llama(path: Path, settings: ModelSettings) -> llama_cpp.Llama:
     if settings.n_threads is not None:
         kwargs["n_threads"] = settings.n_threads
         kwargs["n_threads_batch"] = settings.n_threads
+    _quiet_llama_log()
+    _LLAMA_LOG_RECENT.clear()
     try:
         llm = llama_cpp.Llama(
             model_path=str(path),
@@ -186,10 +215,48 @@ def _open_llama(path: Path, settings: ModelSettings) -> llama_cpp.Llama:
             **kwargs,
         )
     except (ValueError, RuntimeError) as exc:
-        raise ModelLoadError(f"llama.cpp could not load {path}: {exc}. Is it a complete, supported GGUF?") from None
+        reasons = [line.strip() for line in _LLAMA_LOG_RECENT if "error" in line.lower()]
+        why = f" ({'; '.join(reasons)})" if reasons else ""
+        raise ModelLoadError(
+            f"llama.cpp could not load {path}{why}. Is it a complete GGUF of an architecture "
+            f"llama-cpp-python {llama_cpp.__version__} supports? A partial download: delete it and fetch it again"
+        ) from exc
     n_train = int(llm._model.n_ctx_train())
     if settings.n_ctx is None and n_train < n_ctx:
         # The default context is capped by what the model was trained for.
         del llm
         return _open_llama(path, replace(settings, n_ctx=n_train))
     return llm
+
+
+# llama.cpp logs through one process-wide callback. Ours sends it to a logger (silent unless the user
+# configures logging) instead of stderr, and keeps the latest warnings and errors for error messages.
+LLAMA_LOGGER = logging.getLogger("lmchat_jupyter.llama")
+LLAMA_LOGGER.addHandler(logging.NullHandler())
+_LLAMA_LOG_RECENT: deque[str] = deque(maxlen=32)
+# ggml_log_level: NONE=0, DEBUG=1, INFO=2, WARN=3, ERROR=4, CONT=5 (continues the previous line).
+_GGML_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_llama_log_state = {"level": logging.DEBUG, "installed": False}
+
+
+def _on_llama_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    try:
+        # Level 5 continues the previous line; 0 carries no level.
+        py_level = _llama_log_state["level"] if level == 5 else _GGML_LEVELS.get(level, logging.DEBUG)
+        _llama_log_state["level"] = py_level
+        if py_level >= logging.WARNING:
+            _LLAMA_LOG_RECENT.append(text.decode("utf-8", "replace"))
+        if LLAMA_LOGGER.isEnabledFor(py_level):
+            LLAMA_LOGGER.log(py_level, "%s", text.decode("utf-8", "replace").rstrip("\n"))
+    except Exception:  # an exception cannot cross back into C
+        pass
+
+
+# Module-level so the C function pointer outlives every call llama.cpp makes through it.
+_LLAMA_LOG_CALLBACK = llama_cpp.llama_log_callback(_on_llama_log)
+
+
+def _quiet_llama_log() -> None:
+    if not _llama_log_state["installed"]:
+        llama_cpp.llama_log_set(_LLAMA_LOG_CALLBACK, ctypes.c_void_p(0))
+        _llama_log_state["installed"] = True

