@@ -110,6 +110,9 @@ class FrontendBridge:
         except LmchatError as exc:
             print(f"lmchat: {exc}")
             return
+        if value is None:
+            # Nothing to embed yet (or a restore was refused): never erase what the notebook carries.
+            return
         for comm in list(self.comms):
             try:
                 comm.send({"type": "metadata", "format": METADATA_FORMAT, "value": value})

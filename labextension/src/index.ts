@@ -66,13 +66,18 @@ class NotebookLink {
   }
 
   private onStatusChanged(_: unknown, status: Kernel.Status): void {
-    if (status === 'restarting' || status === 'autorestarting') {
-      // The kernel connection disposes every comm on restart.
-      this.comms.clear();
-      this.restarting = true;
-    } else if (status === 'idle' && this.restarting) {
-      this.restarting = false;
-      void this.openComm();
+    if (status !== 'restarting' && status !== 'autorestarting') {
+      return;
+    }
+    // The connection disposes every comm as the kernel restarts. Open a new one
+    // once it has done so: it queues the message until the new kernel is up.
+    this.comms.clear();
+    if (!this.reopening) {
+      this.reopening = true;
+      setTimeout(() => {
+        this.reopening = false;
+        void this.openComm();
+      }, 0);
     }
   }
 
@@ -93,7 +98,6 @@ class NotebookLink {
       }
     }
     this.comms.clear();
-    this.restarting = false;
     if (this.kernel && !this.kernel.isDisposed) {
       this.kernel.removeCommTarget(FRONTEND_TARGET, this.onFrontendComm);
     }
@@ -111,12 +115,16 @@ class NotebookLink {
     if (!kernel || kernel !== this.kernel || kernel.isDisposed) {
       return;
     }
+    let comm: Kernel.IComm | null = null;
     try {
-      const comm = kernel.createComm(KERNEL_TARGET);
+      comm = kernel.createComm(KERNEL_TARGET);
       this.bind(comm);
       await comm.open(this.hello()).done;
     } catch {
-      // No lmchat in this kernel yet, or the kernel went away meanwhile.
+      // The kernel went away meanwhile. (A kernel without lmchat closes the comm.)
+      if (comm) {
+        this.comms.delete(comm);
+      }
     }
   }
 
@@ -180,7 +188,7 @@ class NotebookLink {
 
   private kernel: Kernel.IKernelConnection | null = null;
   private comms = new Set<Kernel.IComm>();
-  private restarting = false;
+  private reopening = false;
 }
 
 const plugin: JupyterFrontEndPlugin<void> = {
