@@ -45,6 +45,7 @@ __all__ = [
     "ChatHistory",
     "Message",
     "ConversationEvent",
+    "ChatWidget",
     "ConversationInfo",
     "GenerationOptions",
     "TurnResult",

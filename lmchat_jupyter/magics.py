@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import time
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,7 @@ class ChatMagics(Magics):
         store = state.store
         name = args.name or store.active
         conv = store.get(name, system=args.system)
+        _wait_until_free(conv)
         if args.model is not None and args.model != (conv.model.spec or None):
             conv.switch_model(store.model_for(args.model), progress=store.progress("Re-reading"))
         order = state.replay_cursor.get(name, 0)
@@ -240,6 +242,16 @@ def _split(line: str) -> list[str]:
         return shlex.split(line)
     except ValueError as exc:
         raise UsageError(f"%chat: cannot parse the arguments ({exc})") from None
+
+
+def _wait_until_free(conv: Conversation) -> None:
+    """Let the chat widget's answer (or a save) finish before a cell decides what to do; say so if it takes a while."""
+    start, said = time.monotonic(), False
+    while conv.busy:
+        if not said and time.monotonic() - start > 0.3:
+            print("lmchat: waiting for the widget's answer…")
+            said = True
+        time.sleep(0.05)
 
 
 def _user_position(conv: Conversation, index: int) -> int:

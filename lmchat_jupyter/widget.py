@@ -1,0 +1,331 @@
+"""ChatWidget: a chat in the notebook's output area, on the same conversation as ``%%chat``.
+
+The widget listens to its conversation's events, so turns from ``%%chat`` cells stream into it and
+rewinds, clears and restores show at once. Its own turns are generated on a background thread (the
+kernel stays responsive); the conversation's turn lock keeps one generation at a time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import ipywidgets as W
+
+from . import kernel
+from .conversation import Conversation
+from .errors import LmchatError
+from .events import ConversationEvent
+from .safe_markdown import safe_markdown
+
+__all__ = ["ChatWidget"]
+
+#: Redraw a streaming answer at most this often (each redraw sends the whole answer so far).
+REFRESH_SECONDS = 0.05
+#: role: (label, colour of the left border, margin that sets the two sides apart)
+ROLES = {"user": ("You", "#1976d2", "6px 0 6px 12%"), "assistant": ("Assistant", "#2e7d32", "6px 12% 6px 0")}
+PLAIN = (
+    "Chat widget for conversation {name!r} ({count} messages). It shows here with ipywidgets>=8 in "
+    "JupyterLab 4 or Notebook 7: pip install 'ipywidgets>=8' and reload the page. Meanwhile %%chat cells "
+    "and `%chat history` use the same conversation."
+)
+# ipywidgets' Textarea sends no key events, so Enter-sends is a page-wide listener, installed once.
+# It commits the text (a 'change' event syncs the value) before clicking Send; Shift+Enter types a newline.
+ENTER_SENDS = """
+if (!window.__lmchatEnterSends) {
+  window.__lmchatEnterSends = true;
+  document.addEventListener('keydown', function (e) {
+    if (e.key !== 'Enter' || e.shiftKey || e.isComposing || !e.target.closest) return;
+    var chat = e.target.closest('.lmchat-input') && e.target.closest('.lmchat-chat');
+    if (!chat) return;
+    e.preventDefault();
+    e.stopPropagation();
+    e.target.dispatchEvent(new Event('change', {bubbles: true}));
+    var send = chat.querySelector('.lmchat-send');
+    if (send && !send.disabled) send.click();
+  }, true);
+}
+"""
+
+
+def _show(out: W.Output, text: str) -> None:
+    markdown = safe_markdown(text) if text else "…"
+    out.outputs = ({"output_type": "display_data", "data": {"text/markdown": markdown}, "metadata": {}},)
+
+
+def _bubble(role: str, text: str) -> tuple[W.Output, W.VBox]:
+    label, colour, margin = ROLES[role]
+    out = W.Output()
+    _show(out, text)
+    title = W.Label(label, style={"font_weight": "bold", "text_color": colour})
+    layout = W.Layout(border_left=f"4px solid {colour}", padding="0 0 0 10px", margin=margin)
+    box = W.VBox([title, out], layout=layout)
+    box.add_class(f"lmchat-{role}")
+    return out, box
+
+
+class ChatWidget(W.VBox):  # type: ignore[misc]
+    """The kernel's conversation ``name`` (default: the one ``%%chat`` uses) as a chat.
+
+    ``options`` are generation options for the widget's turns (``temperature``, ``max_tokens``, ...).
+    """
+
+    def __init__(self, name: str | None = None, **options: Any) -> None:
+        self._state = kernel.chats()
+        self._store = self._state.store
+        self.name = name or self._store.active
+        self.options = options
+        self._lock = threading.RLock()
+        self._thread: threading.Thread | None = None
+        self._bubbles: list[tuple[str, str, str, W.Output, W.VBox]] = []  # message id, role, text shown, views
+        self._stream: list[str] | None = None  # the answer being generated
+        self._stream_views: tuple[W.Output, W.VBox] | None = None
+        self._shown_at = 0.0
+        self._note = ""
+        self._unsubscribe: Any = None
+        self._conv: Conversation
+        self.picker = W.Dropdown(description="Chat", layout=W.Layout(width="max-content"))
+        self.messages = W.VBox()
+        # column-reverse keeps the view scrolled to the newest message as messages arrive.
+        scroller = W.Box(
+            [self.messages], layout=W.Layout(flex_flow="column-reverse", max_height="32em", overflow_y="auto")
+        )
+        self.input = W.Textarea(
+            placeholder="Message — Enter sends, Shift+Enter starts a new line",
+            continuous_update=False,
+            layout=W.Layout(width="100%", height="4.5em"),
+        )
+        self.input.add_class("lmchat-input")
+        self.send_button = W.Button(description="Send", button_style="primary", icon="paper-plane")
+        self.send_button.add_class("lmchat-send")
+        self.stop_button = W.Button(description="Stop", icon="stop", disabled=True)
+        self.clear_button = W.Button(description="Clear", icon="trash")
+        yes = W.Button(description="Yes, clear it", button_style="danger")
+        no = W.Button(description="Cancel")
+        self.confirm = W.HBox([W.Label("Forget every message of this conversation?"), yes, no])
+        self.confirm.layout.display = "none"
+        self.status = W.Label()
+        self.status.add_class("lmchat-status")
+        script = W.Output(layout=W.Layout(display="none"))
+        script.outputs = (
+            {"output_type": "display_data", "data": {"application/javascript": ENTER_SENDS}, "metadata": {}},
+        )
+        buttons = W.HBox([self.send_button, self.stop_button, self.clear_button])
+        super().__init__([self.picker, scroller, self.input, buttons, self.confirm, self.status, script])
+        self.add_class("lmchat-chat")
+        self.send_button.on_click(lambda _b: self.submit())
+        self.stop_button.on_click(lambda _b: self.stop())
+        self.clear_button.on_click(lambda _b: setattr(self.confirm.layout, "display", "flex"))
+        yes.on_click(lambda _b: self.clear())
+        no.on_click(lambda _b: setattr(self.confirm.layout, "display", "none"))
+        self.picker.observe(self._picked, "value")
+        self._attach(self._store.get(self.name))
+        self._store.adopt_listeners.append(self._adopted)
+
+    # --- what it shows --------------------------------------------------------------------------
+
+    @property
+    def conversation(self) -> Conversation:
+        return self._conv
+
+    @property
+    def shown(self) -> list[tuple[str, str]]:
+        """The messages on display as ``(role, text)``, an answer being generated included."""
+        with self._lock:
+            rows = [(role, text) for _id, role, text, _out, _box in self._bubbles]
+            return rows + ([("assistant", "".join(self._stream))] if self._stream is not None else [])
+
+    def __repr__(self) -> str:
+        return PLAIN.format(name=self.name, count=self._conv.history.message_count)
+
+    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
+        p.text(repr(self))
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        data: dict[str, Any] = super()._repr_mimebundle_(**kwargs)
+        data["text/plain"] = repr(self)  # ipywidgets cuts it at 110 characters
+        return data
+
+    # --- actions --------------------------------------------------------------------------------
+
+    def submit(self, text: str | None = None) -> None:
+        """Send ``text`` (default: the input box's) and answer it on a background thread, as Send does."""
+        message = (self.input.value if text is None else text).strip()
+        if not message:
+            return
+        if self._thread is not None and self._thread.is_alive():
+            self._set_note("busy: wait for the answer or press Stop")
+            return
+        if text is None:
+            self.input.value = ""
+        # Another answer on this conversation (a second widget's) or a save may hold it: the turn waits.
+        self._set_note("waiting for the answer in progress…" if self._conv.busy else "")
+        self._thread = threading.Thread(target=self._generate, args=(self._conv, message), name="lmchat-widget")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _generate(self, conv: Conversation, message: str) -> None:
+        try:
+            for _ in conv.stream(message, **self.options):
+                pass
+        except (LmchatError, ValueError) as exc:
+            self._note = f"error: {exc}"
+        finally:
+            self._refresh()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the widget's answer in progress; False if it is still running after ``timeout``."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return thread is None or not thread.is_alive()
+
+    def stop(self) -> None:
+        """End the answer being generated after its current token; the partial answer is kept."""
+        self._conv.stop()
+
+    def clear(self) -> None:
+        """Forget every message (the system prompt stays), stopping an answer in progress first."""
+        self.confirm.layout.display = "none"
+        conv = self._conv
+        conv.stop()
+
+        def run() -> None:
+            conv.clear()
+            self._state.replay_cursor[self.name] = 0
+
+        if conv.busy:  # the turn lock is released once the stopped answer is kept
+            threading.Thread(target=run, name="lmchat-widget-clear", daemon=True).start()
+        else:
+            run()
+
+    def close(self) -> None:
+        """Stop following the conversation and close the widget's views."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        if self._adopted in self._store.adopt_listeners:
+            self._store.adopt_listeners.remove(self._adopted)
+        super().close()
+
+    # --- following the conversation -------------------------------------------------------------
+
+    def _attach(self, conv: Conversation) -> None:
+        with self._lock:
+            if self._unsubscribe is not None:
+                self._unsubscribe()
+            self._conv = conv
+            self._stream = self._stream_views = None
+            self._unsubscribe = conv.subscribe(self._on_event)
+            self._update_picker()
+            self._render()
+            self._refresh()
+
+    def _adopted(self, name: str, conv: Conversation) -> None:
+        """A conversation was created, restored or replaced (``%chat load``): follow it if it is ours."""
+        if name == self.name and conv is not self._conv:
+            self._attach(conv)
+        else:
+            self._update_picker()
+
+    def _update_picker(self) -> None:
+        names = sorted(set(self._store.names()) | {self.name})
+        self.picker.unobserve(self._picked, "value")
+        self.picker.options, self.picker.value = names, self.name
+        self.picker.observe(self._picked, "value")
+        self.picker.layout.display = "flex" if len(names) > 1 else "none"
+
+    def _picked(self, change: dict[str, Any]) -> None:
+        if change["new"] and change["new"] != self.name:
+            self.name = change["new"]
+            self._attach(self._store.get(self.name))
+
+    def _on_event(self, event: ConversationEvent) -> None:
+        with self._lock:
+            if event.conversation is not self._conv:
+                return
+            if event.kind == "token":
+                self._stream_piece(event.text)
+                return
+            ours = threading.current_thread() is self._thread
+            if event.kind == "turn_started":
+                self._note = ""
+                if event.message is not None and ours:
+                    event.message.meta["via"] = "widget"
+                self._stream, self._stream_views = [], None
+                self._render()
+            elif event.kind == "message_added" and event.message is not None and self._stream_views is not None:
+                # The finished answer keeps the bubble it streamed into.
+                out, box = self._stream_views
+                self._bubbles.append((event.message.id, "assistant", event.message.content, out, box))
+                _show(out, event.message.content)
+                self._stream = self._stream_views = None
+                self._render()
+            elif event.kind == "turn_finished" and ours:
+                # Counted while the turn lock is held, so that a %%chat cell waiting for it sees this turn as
+                # already run (replay.decide) rather than as its own to rewind.
+                self._state.replay_cursor[self.name] = event.conversation.history.user_message_count
+            elif event.kind in ("rewound", "cleared", "restored", "model_changed"):
+                self._render()
+            self._refresh()
+
+    def _stream_piece(self, piece: str) -> None:
+        if self._stream is None:  # this widget appeared while an answer was under way
+            self._stream = []
+            self._render()
+        assert self._stream is not None and self._stream_views is not None
+        self._stream.append(piece)
+        now = time.monotonic()
+        if now - self._shown_at >= REFRESH_SECONDS:
+            self._shown_at = now
+            _show(self._stream_views[0], "".join(self._stream) + " ▌")
+            self._refresh()
+
+    def _render(self) -> None:
+        """Make the bubbles match the history, reusing those whose message is unchanged."""
+        with self._lock:
+            history = [m for m in self._conv.history if m.role != "system"]
+            if self._stream is not None and not (history and history[-1].role == "user"):
+                self._stream = self._stream_views = None  # the turn was taken back before its answer
+            known = {b[0]: b for b in self._bubbles}
+            bubbles = []
+            for m in history:
+                old = known.pop(m.id, None)
+                if old is not None and old[2] != m.content:
+                    _show(old[3], m.content)
+                views = old[3:] if old is not None else _bubble(m.role, m.content)
+                bubbles.append((m.id, m.role, m.content, *views))
+            for _id, _role, _text, out, box in known.values():
+                out.close()
+                box.close()
+            self._bubbles = bubbles
+            if self._stream is not None and self._stream_views is None:
+                self._stream_views = _bubble("assistant", "".join(self._stream))
+            extra = [self._stream_views[1]] if self._stream_views is not None else []
+            self.messages.children = tuple(b[4] for b in bubbles) + tuple(extra)
+
+    def _set_note(self, note: str) -> None:
+        self._note = note
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """The status line and which buttons work."""
+        with self._lock:
+            conv, store = self._conv, self._store
+            info, generating = conv.info, self._stream is not None
+            parts = [conv.model.name, f"{info.token_count:,} / {info.n_ctx:,} tokens"]
+            if generating:
+                parts.append("generating…")
+            elif conv.last_result is not None:
+                parts.append(f"{conv.last_result.tokens_per_second:.1f} tok/s last answer")
+            if store.last_save_error:
+                parts.append(f"not saved: {store.last_save_error}")
+            elif not store.autosave:
+                parts.append("not saved (autosave off)")
+            elif not store.sidecar.writable:
+                parts.append("not saved (another kernel holds the folder)")
+            else:
+                parts.append("saved" if info.user_message_count else "nothing to save yet")
+            self.status.value = " · ".join(parts + ([self._note] if self._note else []))
+            self.send_button.disabled = generating
+            self.stop_button.disabled = not generating

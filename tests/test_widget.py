@@ -1,0 +1,287 @@
+"""ChatWidget driven through its Python side (buttons, input box) with the real model, beside real %%chat cells."""
+
+from __future__ import annotations
+
+import html
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+
+import lmchat_jupyter
+from lmchat_jupyter import ChatHistory, ConversationEvent
+from lmchat_jupyter.kernel import chats
+from lmchat_jupyter.safe_markdown import safe_markdown
+from lmchat_jupyter.widget import ChatWidget
+
+from .kernel_driver import KernelDriver, notebook_file
+
+CHAT = "--temperature 0 --max-tokens 12"
+LONG = "Write a long story about a dragon who learns to bake bread, with many details."
+
+
+@pytest.fixture
+def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
+    """An IPython shell with ``%load_ext lmchat`` for a notebook in a temporary folder."""
+    monkeypatch.setenv("JPY_SESSION_NAME", str(tmp_path / "chat.ipynb"))
+    monkeypatch.chdir(tmp_path)
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "lmchat")
+    try:
+        yield ip
+    finally:
+        ip.run_line_magic("unload_ext", "lmchat")
+
+
+def chat(ip: InteractiveShell, prompt: str, line: str = CHAT) -> None:
+    ip.run_cell_magic("chat", line, prompt)
+
+
+def type_and_send(w: ChatWidget, text: str) -> None:
+    """What the browser does: the box's value arrives, then the Send button's click."""
+    w.input.value = text
+    w.send_button.click()
+
+
+def first_tokens(w: ChatWidget, n: int = 1) -> tuple[threading.Event, list[int]]:
+    """An event set once ``n`` answer tokens were generated, and the running count of them."""
+    seen = threading.Event()
+    count = [0]
+
+    def on_event(e: ConversationEvent) -> None:
+        if e.kind == "token":
+            count[0] += 1
+            if count[0] >= n:
+                seen.set()
+
+    w.conversation.subscribe(on_event)
+    return seen, count
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def shown_matches_history(w: ChatWidget) -> bool:
+    history = [(m.role, m.content) for m in w.conversation.history if m.role != "system"]
+    return w.shown == history
+
+
+def test_widget_and_magic_are_one_conversation(shell: InteractiveShell) -> None:
+    w = lmchat_jupyter.ChatWidget(temperature=0, max_tokens=12)
+    assert w.shown == [] and "nothing to save yet" in w.status.value
+    type_and_send(w, "My name is Ada.")
+    assert w.input.value == ""
+    assert w.wait(timeout=300)
+    conv = lmchat_jupyter.current()
+    assert w.conversation is conv
+    assert [m.role for m in conv.history] == ["user", "assistant"]
+    assert conv.history[0].meta == {"via": "widget"}
+    assert shown_matches_history(w)
+    assert re.search(r"\d+ / [\d,]+ tokens · [\d.]+ tok/s last answer · saved", w.status.value), w.status.value
+    after_widget = conv.info.token_count
+
+    # The widget follows a %%chat cell token by token while it generates.
+    seen: list[list[tuple[str, str]]] = []
+    conv.subscribe(lambda e: seen.append(w.shown) if e.kind == "token" else None)
+    chat(shell, "What is my name?")
+    result = conv.last_result
+    assert result is not None
+    # The %%chat turn was answered on top of the widget's turn, which was still in the KV cache.
+    assert result.cached_tokens >= after_widget - 1 and result.prompt_tokens < after_widget
+    assert [m.content for m in conv.history if m.role == "user"] == ["My name is Ada.", "What is my name?"]
+    streamed = {s[-1][1] for s in seen if len(s) == 4}
+    assert len(streamed) >= 2, "the widget did not show the %%chat answer growing"
+    assert all(result.text.startswith(t) for t in streamed)
+    assert shown_matches_history(w)
+
+    # ... and the next %%chat cell sees a widget turn sent after it.
+    type_and_send(w, "I live in Paris.")
+    assert w.wait(timeout=300)
+    chat(shell, "Where do I live?")
+    users = [m.content for m in conv.history if m.role == "user"]
+    assert users == ["My name is Ada.", "What is my name?", "I live in Paris.", "Where do I live?"]
+    assert shown_matches_history(w)
+    # Widget turns are saved with the session like the cells' turns.
+    chats().store.flush()
+    saved = ChatHistory.load(Path("chat.lmchat") / "default.history.json")
+    assert [m.content for m in saved if m.role == "user"] == users
+    w.close()
+
+
+def test_stop_ends_the_answer_and_a_waiting_cell_goes_next(
+    shell: InteractiveShell, capsys: pytest.CaptureFixture[str]
+) -> None:
+    w = ChatWidget(temperature=0, max_tokens=400)
+    conv = w.conversation
+    started, count = first_tokens(w, 3)
+    type_and_send(w, LONG)
+    # The answer runs on a background thread: this thread is free to press Stop while it streams.
+    assert started.wait(timeout=300)
+    assert w.stop_button.disabled is False and w.send_button.disabled is True
+    w.stop_button.click()
+    at_stop = count[0]
+    assert w.wait(timeout=300)
+    result = conv.last_result
+    assert result is not None and result.finish_reason == "stopped"
+    assert result.generated_tokens <= at_stop + 2
+    assert conv.history[-1].meta.get("finish_reason") == "stopped"
+    assert shown_matches_history(w)
+    assert w.stop_button.disabled is True and w.send_button.disabled is False
+
+    # A %%chat cell run while the widget answers waits for it, then answers on top of it.
+    w.options["max_tokens"] = 40
+    started, _ = first_tokens(w)
+    type_and_send(w, "Tell me about the moon.")
+    assert started.wait(timeout=300)
+    capsys.readouterr()
+    chat(shell, "Thank you.")
+    assert "waiting for the widget's answer" in capsys.readouterr().out
+    users = [m.content for m in conv.history if m.role == "user"]
+    assert users == [LONG, "Tell me about the moon.", "Thank you."]
+    assert [m.role for m in conv.history] == ["user", "assistant"] * 3
+    assert conv.last_result is not None and conv.last_result.cached_tokens > result.generated_tokens
+    assert shown_matches_history(w)
+    w.close()
+
+
+def test_clear_asks_first_and_stops_an_answer(shell: InteractiveShell) -> None:
+    w = ChatWidget(temperature=0, max_tokens=12)
+    conv = w.conversation
+    type_and_send(w, "Hello there.")
+    assert w.wait(timeout=300)
+    w.clear_button.click()
+    assert w.confirm.layout.display == "flex" and len(conv.history) == 2
+    cancel = w.confirm.children[2]
+    cancel.click()
+    assert w.confirm.layout.display == "none" and len(conv.history) == 2
+
+    w.options["max_tokens"] = 400
+    started, _ = first_tokens(w)
+    type_and_send(w, LONG)
+    assert started.wait(timeout=300)
+    w.clear_button.click()
+    w.confirm.children[1].click()  # "Yes, clear it", while the answer streams
+    assert w.wait(timeout=300)
+    # The clear runs on its own thread once the stopped answer has released the conversation.
+    wait_for(lambda: not conv.history.messages and not w.shown and chats().replay_cursor["default"] == 0)
+    w.options["max_tokens"] = 12
+    # The cleared conversation answers again from an empty context.
+    type_and_send(w, "Hi.")
+    assert w.wait(timeout=300)
+    assert conv.last_result is not None and conv.last_result.cached_tokens == 0
+    w.close()
+
+
+def test_rewind_load_and_picker_show_at_once(shell: InteractiveShell, tmp_path: Path) -> None:
+    w = ChatWidget()
+    chat(shell, "My name is Ada.")
+    chat(shell, "I like red apples.")
+    assert len(w.shown) == 4
+    shell.run_line_magic("chat", "rewind 1")
+    assert [r for r, _ in w.shown] == ["user", "assistant"] and shown_matches_history(w)
+    saved = tmp_path / "saved.lmsession"
+    shell.run_line_magic("chat", f"save {saved}")
+    shell.run_line_magic("chat", "clear")
+    assert w.shown == []
+    old = w.conversation
+    shell.run_line_magic("chat", f"load {saved}")
+    # %chat load replaces the conversation object: the widget follows the new one.
+    assert w.conversation is not old and w.conversation is lmchat_jupyter.current()
+    assert [t for _, t in w.shown][0] == "My name is Ada." and shown_matches_history(w)
+
+    assert w.picker.layout.display == "none"
+    chat(shell, "Hello.", line=f"--name other {CHAT}")
+    assert w.picker.layout.display == "flex" and list(w.picker.options) == ["default", "other"]
+    w.picker.value = "other"
+    assert w.conversation is chats().store.conversations["other"]
+    assert [t for _, t in w.shown][0] == "Hello."
+    w.close()
+
+
+def test_plain_text_where_widgets_do_not_show(shell: InteractiveShell) -> None:
+    w = ChatWidget()
+    text = w._repr_mimebundle_()["text/plain"]
+    assert "ipywidgets>=8" in text and "JupyterLab 4" in text and "Notebook 7" in text
+    assert "application/vnd.jupyter.widget-view+json" in w._repr_mimebundle_()
+    assert shell.run_line_magic("chat", "widget") is not None
+    w.close()
+
+
+def test_a_widget_turn_survives_a_restart(tmp_path: Path) -> None:
+    notebook = notebook_file(tmp_path, "widget.ipynb")
+    k = KernelDriver(notebook, tmp_path)
+    try:
+        assert k.run("%load_ext lmchat").error is None
+        run = k.run(
+            "import lmchat_jupyter\n"
+            "w = lmchat_jupyter.ChatWidget(temperature=0, max_tokens=12)\n"
+            "w.input.value = 'My name is Ada.'\n"
+            "w.send_button.click()\n"
+            "print('returned', len(w.conversation.history.messages) <= 2)"
+        )
+        assert run.error is None and "returned True" in run.stdout, run.text
+        assert k.value("w.wait(300)") is True
+        shown = k.value("w.shown")
+        assert [r for r, _ in shown] == ["user", "assistant"] and shown[0][1] == "My name is Ada."
+    finally:
+        k.shutdown()
+    k = KernelDriver(notebook, tmp_path)
+    try:
+        assert "restored default: 2 messages" in k.run("%load_ext lmchat").stdout
+        run = k.run("import lmchat_jupyter\nw = lmchat_jupyter.ChatWidget()\nw")
+        assert run.error is None, run.text
+        assert k.value("w.shown") == shown
+        assert "saved" in k.value("w.status.value")
+    finally:
+        k.shutdown()
+
+
+# --- the Markdown the widget hands to the frontend -------------------------------------------------------
+
+OUR_TAGS = re.compile(r"</?(?:pre|code)>")
+
+
+def visible(markdown: str) -> str:
+    """Our markup removed and entities decoded: what the reader would see, roughly."""
+    return html.unescape(OUR_TAGS.sub("", markdown))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '<img src=x onerror="alert(1)"> and <script>alert(2)</script>',
+        "[click](javascript:alert(1)) ![x](http://example.com/t.png) [ref]: javascript:alert(1)",
+        "<http://example.com> <!-- c --> <a href='javascript:x'>a</a>",
+        "`a < b` and ``x `<b>` y`` then <b>",
+        "```python\nif a < b and c[0]:\n\n    print('<script>')\n```\nafter <i>",
+        "~~~\n<unclosed fence\n",
+        "``` info`with`ticks\n<b>not a fence</b>\n```",
+        "- item\n  ```\n<img src=x onerror=alert(1)>\n  ```",
+        "    indented <b>code</b>",
+    ],
+)
+def test_model_text_cannot_make_html(text: str) -> None:
+    md = safe_markdown(text)
+    # No tag but our own code elements, no link or image syntax: nothing for a renderer to act on.
+    assert "<" not in OUR_TAGS.sub("", md), md
+    assert "[" not in md, md
+    # What the reader sees is still what the model wrote.
+    assert "onerror" not in text or "onerror" in visible(md)
+
+
+def test_markdown_survives() -> None:
+    md = safe_markdown("# Title\n\n- **bold** and *it*\n- `a<b`\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n$x^2$")
+    assert md.startswith("# Title\n\n- **bold** and *it*\n- <code>a&#60;b</code>")
+    assert "| a | b |\n|---|---|" in md and md.endswith("$x^2$")
+    code = "if a < b and c[0]:\n\n    print('<script>')"
+    fenced = safe_markdown(f"Look:\n```python\n{code}\n```\nDone.")
+    assert fenced.startswith("Look:\n<pre><code>") and fenced.endswith("</code></pre>\nDone.")
+    assert visible(fenced) == f"Look:\n{code}\nDone."
