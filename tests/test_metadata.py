@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lmchat_jupyter import HistoryFormatError
+from lmchat_jupyter import ChatHistory, HistoryFormatError
 from lmchat_jupyter.metadata import MAX_METADATA_BYTES, parse_metadata
 
 from .kernel_driver import KernelDriver, notebook_file
@@ -77,3 +77,39 @@ def test_hostile_metadata_in_a_kernel_touches_nothing_outside_the_sidecar(tmp_pa
         k.shutdown()
     after = sorted(p.name for p in tmp_path.rglob("*"))
     assert set(after) - set(before) <= {"evil.lmchat", ".lock"}
+
+
+def open_frontend_comm(k: KernelDriver, data: dict[str, object]) -> str:
+    """Open the ``lmchat`` comm as the JupyterLab extension does; returns the comm id."""
+    import uuid
+
+    comm_id = uuid.uuid4().hex
+    msg = k.kc.session.msg("comm_open", {"comm_id": comm_id, "target_name": "lmchat", "data": data})
+    k.kc.shell_channel.send(msg)
+    return comm_id
+
+
+def send_comm(k: KernelDriver, comm_id: str, data: dict[str, object]) -> None:
+    k.kc.shell_channel.send(k.kc.session.msg("comm_msg", {"comm_id": comm_id, "data": data}))
+
+
+def test_a_renamed_notebook_takes_its_chats_along(tmp_path: Path) -> None:
+    notebook = notebook_file(tmp_path, "draft.ipynb")
+    k = KernelDriver(notebook, tmp_path)
+    try:
+        k.run("%load_ext lmchat")
+        comm = open_frontend_comm(k, {"type": "hello", "format": 1, "notebook_path": "draft.ipynb", "metadata": None})
+        assert k.run("%%chat --temperature 0 --max-tokens 8\nMy name is Ada.", cell_id="c1").error is None
+        k.value("__import__('lmchat_jupyter.kernel').kernel.chats().store.flush() or 1")
+        assert (tmp_path / "draft.lmchat" / "default.lmsession").is_file()
+        notebook.rename(tmp_path / "final report.ipynb")
+        send_comm(k, comm, {"type": "path", "notebook_path": "final report.ipynb"})
+        folder = k.value("str(__import__('lmchat_jupyter.kernel').kernel.chats().store.sidecar.folder)")
+        assert folder == str(tmp_path / "final report.lmchat")
+        assert k.run("%%chat --temperature 0 --max-tokens 8\nWhat is my name?", cell_id="c2").error is None
+        k.value("__import__('lmchat_jupyter.kernel').kernel.chats().store.flush() or 1")
+    finally:
+        k.shutdown()
+    assert not (tmp_path / "draft.lmchat").exists()
+    moved = ChatHistory.load(tmp_path / "final report.lmchat" / "default.history.json")
+    assert moved.user_message_count == 2
