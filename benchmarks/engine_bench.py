@@ -1,0 +1,343 @@
+"""Measures on the engine in this process: resume, restore I/O, save, size, generation, small sessions."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from lmchat_jupyter import ChatHistory, Conversation, ConversationEvent, Model, kvstate, load_model
+
+from .bare import bare_chat_completion
+from .floors import floor_restore, floor_write, write_raw_state
+from .workload import SYSTEM, evict, first_token, make_history, median_time, release
+
+__all__ = ["Config", "LengthResult", "ModelResult", "bench_model", "GEN_PROMPT"]
+
+GEN_PROMPT = "Write a detailed step by step guide to planning backups for a PostgreSQL database."
+
+
+@dataclass
+class Config:
+    """What one run measures and how often."""
+
+    lengths: list[int]
+    n_ctx: int
+    reps: int  # repetitions of the fast measures (median)
+    gen_reps: int  # repetitions of each generation measure (median)
+    gen_tokens: int  # answer length for the generation and autosave measures
+    autosave_length: int  # the history length whose autosave share is reported
+    small_length: int  # the history length of the q8_0 session measure
+    workdir: Path
+
+
+@dataclass
+class LengthResult:
+    """Everything measured at one history length (seconds, bytes)."""
+
+    tokens: int
+    resume: float
+    resume_samples: list[float]
+    resume_cold: float
+    reprefill_restore: float  # Conversation.restore(use_kv=False) to first token
+    reprefill_history: float  # Conversation.from_history to first token
+    restore: float
+    restore_samples: list[float]
+    restore_floor: float
+    restore_floor_samples: list[float]
+    restore_cold: float
+    restore_floor_cold: float
+    save: float
+    save_samples: list[float]
+    save_floor: float
+    file_bytes: int
+    state_bytes: int
+    session: Path
+    history: ChatHistory = field(repr=False)
+    restore_never_verify: float | None = None  # only for models that verify by default
+
+
+@dataclass
+class ModelResult:
+    """Everything measured on one model."""
+
+    label: str
+    name: str
+    spec: str | None
+    path: str
+    load_seconds: float
+    n_swa: int
+    cold_start: float = 0.0
+    cold_start_samples: list[float] = field(default_factory=list)
+    lengths: list[LengthResult] = field(default_factory=list)
+    generation: dict[str, Any] = field(default_factory=dict)
+    autosave: dict[str, Any] = field(default_factory=dict)
+    small: dict[str, Any] = field(default_factory=dict)
+    memory: list[dict[str, Any]] = field(default_factory=list)
+    kernel: dict[str, Any] = field(default_factory=dict)
+
+
+def bench_model(label: str, spec: str | None, cfg: Config, log: Any = print) -> ModelResult:
+    start = time.perf_counter()
+    model = load_model(spec, n_ctx=cfg.n_ctx)
+    res = ModelResult(
+        label=label,
+        name=model.name,
+        spec=spec,
+        path=str(model.path),
+        load_seconds=model.load_seconds or time.perf_counter() - start,
+        n_swa=model.n_swa,
+    )
+    model.sha256  # noqa: B018  hashed once per process and cached, as in a kernel
+    res.cold_start, res.cold_start_samples = median_time(lambda: _cold_start(model), cfg.reps)
+    log(f"  cold start (no history): {res.cold_start * 1e3:.0f} ms")
+    res.generation = _generation(model, cfg)
+    log(
+        f"  generation: Conversation.stream {res.generation['conversation_tps']:.1f} tok/s, "
+        f"bare create_chat_completion {res.generation['bare_tps']:.1f} tok/s"
+    )
+    for n_tokens in cfg.lengths:
+        lr = _at_length(model, n_tokens, cfg, log)
+        res.lengths.append(lr)
+        if n_tokens == cfg.autosave_length:
+            res.autosave = _autosave_share(model, lr.session, cfg)
+            log(f"  autosave at {lr.tokens} tokens: {res.autosave['share'] * 100:.1f}% of the turn")
+    res.small = _small_sessions(spec, cfg, res, log)
+    return res
+
+
+def _cold_start(model: Model) -> float:
+    release(model)
+    start = time.perf_counter()
+    conv = Conversation(model, system=SYSTEM)
+    return first_token(conv) - start
+
+
+def _at_length(model: Model, n_tokens: int, cfg: Config, log: Any) -> LengthResult:
+    history = make_history(model, n_tokens)
+    work = cfg.workdir
+    session = work / f"{_slug(model)}-{n_tokens}.lmsession"
+    raw = work / f"{_slug(model)}-{n_tokens}.kv"
+    blank = work / "floor-write.bin"
+
+    # Re-prefill from the history alone (this also builds the KV state that gets saved).
+    release(model)
+    start = time.perf_counter()
+    conv = Conversation.from_history(model, history)
+    reprefill_history = first_token(conv) - start
+    conv.rewind(len(history))
+    tokens = conv.info.token_count
+    log(f"  {tokens} tokens: from_history re-prefill {reprefill_history:.2f} s")
+
+    # Save, against writing as many bytes with fsync.
+    conv.save(session)  # first save re-decodes the last token for the verification logits
+    save, save_samples = median_time(lambda: _timed(lambda: conv.save(session)), cfg.reps)
+    state_bytes = kvstate.state_size(model.llm)
+    write_raw_state(model.llm, raw)
+    data = session.read_bytes()
+    save_floor, _ = median_time(lambda: floor_write(blank, data), cfg.reps)
+    blank.unlink()
+    file_bytes = session.stat().st_size
+
+    # Restore alone (warm page cache), against mmap + llama_state_seq_set_data of the raw state.
+    def restore_once(verify: str = "auto") -> float:
+        release(model)
+        start = time.perf_counter()
+        Conversation.restore(model, session, verify=verify)
+        return time.perf_counter() - start
+
+    def floor_once() -> float:
+        release(model)
+        return floor_restore(model.llm, raw)
+
+    restore_once()  # warm the page cache and the allocator
+    floor_once()
+    # Interleaved, so that load changes on the machine hit both alike.
+    pairs = [(restore_once(), floor_once()) for _ in range(max(1, cfg.reps))]
+    restore_samples = [a for a, _ in pairs]
+    floor_samples = [b for _, b in pairs]
+    never = None
+    if model.n_swa > 0:
+        never, _ = median_time(lambda: restore_once("never"), cfg.reps)
+
+    # Cold page cache: the session file (or the raw state) is dropped from the cache first.
+    evict(session)
+    restore_cold = restore_once()
+    evict(raw)
+    floor_cold = floor_once()
+
+    # Resume: restore start to the first token of the next answer.
+    def resume_once(cold: bool = False) -> float:
+        if cold:
+            evict(session)
+        release(model)
+        start = time.perf_counter()
+        conv = Conversation.restore(model, session)
+        return first_token(conv) - start
+
+    resume, resume_samples = median_time(resume_once, cfg.reps)
+    resume_cold = resume_once(cold=True)
+
+    # Re-prefill of the saved tokens (same tokens, KV bytes not used).
+    release(model)
+    start = time.perf_counter()
+    conv = Conversation.restore(model, session, use_kv=False)
+    reprefill_restore = first_token(conv) - start
+    release(model)
+    log(
+        f"  {tokens} tokens: resume {resume * 1e3:.0f} ms (cold {resume_cold * 1e3:.0f} ms), "
+        f"re-prefill {reprefill_restore:.2f} s; restore {statistics.median(restore_samples) * 1e3:.1f} ms "
+        f"vs floor {statistics.median(floor_samples) * 1e3:.1f} ms; save {save * 1e3:.0f} ms vs "
+        f"{save_floor * 1e3:.0f} ms; {file_bytes / state_bytes:.4f}x state size"
+    )
+    return LengthResult(
+        tokens=tokens,
+        resume=resume,
+        resume_samples=resume_samples,
+        resume_cold=resume_cold,
+        reprefill_restore=reprefill_restore,
+        reprefill_history=reprefill_history,
+        restore=statistics.median(restore_samples),
+        restore_samples=restore_samples,
+        restore_floor=statistics.median(floor_samples),
+        restore_floor_samples=floor_samples,
+        restore_cold=restore_cold,
+        restore_floor_cold=floor_cold,
+        save=save,
+        save_samples=save_samples,
+        save_floor=save_floor,
+        file_bytes=file_bytes,
+        state_bytes=state_bytes,
+        session=session,
+        history=history,
+        restore_never_verify=never,
+    )
+
+
+def _timed(fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _slug(model: Model) -> str:
+    return "".join(c if c.isalnum() else "-" for c in model.name.lower())
+
+
+def _autosave_share(model: Model, session: Path, cfg: Config) -> dict[str, Any]:
+    """One turn with autosave on: the save's share of the turn's wall time."""
+    release(model)
+    target = cfg.workdir / "autosave.lmsession"
+    conv = Conversation.restore(model, session, autosave=target)
+    marks: dict[str, float] = {}
+
+    def mark(event: ConversationEvent) -> None:
+        if event.kind in ("turn_finished", "saved", "save_failed"):
+            marks[event.kind] = time.perf_counter()
+
+    conv.subscribe(mark)
+    start = time.perf_counter()
+    result = conv.submit(GEN_PROMPT, temperature=0.0, max_tokens=cfg.gen_tokens)
+    end = time.perf_counter()
+    if "saved" not in marks:
+        raise RuntimeError(f"the autosave did not happen: {conv.last_save_error}")
+    save = marks["saved"] - marks["turn_finished"]
+    turn = end - start
+    target.unlink()
+    release(model)
+    return {
+        "tokens": conv.info.token_count,
+        "generated_tokens": result.generated_tokens,
+        "turn_seconds": turn,
+        "save_seconds": save,
+        "share": save / turn,
+    }
+
+
+def _generation(model: Model, cfg: Config) -> dict[str, Any]:
+    """Tokens/s of Conversation.stream vs bare Llama.create_chat_completion, same prompt and settings."""
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": GEN_PROMPT}]
+    conv_runs: list[dict[str, Any]] = []
+    bare_runs: list[dict[str, Any]] = []
+
+    def via_conversation() -> dict[str, Any]:
+        release(model)
+        conv = Conversation(model, system=SYSTEM)
+        start = time.perf_counter()
+        result = conv.submit(GEN_PROMPT, temperature=0.0, max_tokens=cfg.gen_tokens)
+        return {
+            "text": result.text,
+            "tokens": result.generated_tokens,
+            "seconds": time.perf_counter() - start,
+            "decode_seconds": result.total_seconds - result.time_to_first_token,
+        }
+
+    def bare() -> dict[str, Any]:
+        return bare_chat_completion(model, messages, cfg.gen_tokens)
+
+    for _ in range(max(1, cfg.gen_reps)):
+        bare_runs.append(bare())
+        conv_runs.append(via_conversation())
+    same_text = all(b["text"].strip() == c["text"].strip() for b, c in zip(bare_runs, conv_runs, strict=True))
+    n_conv = conv_runs[0]["tokens"]
+    n_bare = n_conv if same_text else bare_runs[0]["tokens"]
+
+    def rate(runs: list[dict[str, Any]], n: int) -> float:
+        return statistics.median((n - 1) / r["decode_seconds"] for r in runs if r["decode_seconds"] > 0) if n > 1 else 0
+
+    conv_tps = rate(conv_runs, n_conv)
+    bare_tps = rate(bare_runs, n_bare)
+    return {
+        "tokens": n_conv,
+        "bare_tokens": n_bare,
+        "same_text": same_text,
+        "conversation_tps": conv_tps,
+        "bare_tps": bare_tps,
+        "ratio": conv_tps / bare_tps if bare_tps else 0.0,
+        "conversation_seconds": statistics.median(r["seconds"] for r in conv_runs),
+        "bare_seconds": statistics.median(r["seconds"] for r in bare_runs),
+    }
+
+
+def _small_sessions(spec: str | None, cfg: Config, res: ModelResult, log: Any) -> dict[str, Any]:
+    """q8_0 K and V with flash attention: session size and speed against the default f16 cache."""
+    ref = next((lr for lr in res.lengths if lr.tokens >= cfg.small_length - 64), res.lengths[-1])
+    model = load_model(spec, n_ctx=cfg.n_ctx, type_k="q8_0", type_v="q8_0", flash_attn=True)
+    history = ref.history
+    release(model)
+    start = time.perf_counter()
+    conv = Conversation.from_history(model, history)
+    reprefill = first_token(conv) - start
+    conv.rewind(len(history))
+    session = cfg.workdir / f"{_slug(model)}-q8.lmsession"
+    conv.save(session)
+
+    def resume_once() -> float:
+        release(model)
+        start = time.perf_counter()
+        conv = Conversation.restore(model, session)
+        return first_token(conv) - start
+
+    resume, _ = median_time(resume_once, cfg.reps)
+    gen = _generation(model, replace(cfg, gen_reps=1))
+    out = {
+        "tokens": ref.tokens,
+        "file_bytes": session.stat().st_size,
+        "f16_file_bytes": ref.file_bytes,
+        "size_ratio": session.stat().st_size / ref.file_bytes,
+        "reprefill": reprefill,
+        "f16_reprefill": ref.reprefill_history,
+        "resume": resume,
+        "f16_resume": ref.resume,
+        "conversation_tps": gen["conversation_tps"],
+        "f16_conversation_tps": res.generation["conversation_tps"],
+    }
+    session.unlink()
+    release(model)
+    log(
+        f"  q8_0 KV + flash attention at {ref.tokens} tokens: {out['size_ratio']:.2f}x the f16 file, "
+        f"{gen['conversation_tps']:.1f} vs {res.generation['conversation_tps']:.1f} tok/s"
+    )
+    return out

@@ -1,0 +1,63 @@
+"""The benchmark command runs end to end (``--smoke``: one short history, one model) and writes its outputs.
+
+Nothing here is about speed: the smoke run's numbers are meaningless on a busy CI machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ROWS = (
+    "Resume vs re-prefill (restore, use_kv=False)",
+    "Resume vs re-prefill (from_history)",
+    "Restore I/O, warm cache",
+    "Restore I/O, cold cache",
+    "Save (vs write + fsync)",
+    "Autosave share of a turn",
+    "Size (file vs llama_state_seq_get_size)",
+    "Size, q8_0 KV + flash attention",
+    "Peak RSS above the model, restore",
+    "Peak RSS above the model, save",
+    "Generation: Conversation.stream vs bare create_chat_completion",
+    "Generation: %%chat in a kernel",
+    "Re-run: Run-All of 2 %%chat cells",
+)
+
+
+def test_benchmark_smoke_writes_table_plot_and_numbers(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = dict(os.environ, LMCHAT_BENCH_TMP=str(tmp_path))
+    env.pop("LMCHAT_CACHE_DIR", None)  # the run keeps its own cache in its scratch folder
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    table = (out / "RESULTS.md").read_text()
+    for row in ROWS:
+        assert f"| {row}" in table, f"no row {row!r} in RESULTS.md"
+    assert "| llama-cpp-python | 0.3.36 |" in table
+    assert (out / "resume.png").read_bytes()[:8] == PNG_SIGNATURE
+
+    data = json.loads((out / "results.json").read_text())
+    (model,) = data["models"]
+    (length,) = model["lengths"]
+    assert length["tokens"] > 0
+    assert 1.0 <= length["file_bytes"] / length["state_bytes"] < 1.5
+    for key in ("resume", "reprefill_restore", "reprefill_history", "restore", "restore_floor", "save", "save_floor"):
+        assert length[key] > 0, key
+    assert model["kernel"]["rerun"]["replayed_cells"] == 2
+    # The scratch folder (sessions, raw states, kernels' notebooks) is gone.
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
