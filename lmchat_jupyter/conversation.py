@@ -252,7 +252,7 @@ class Conversation:
                 self._emit("turn_finished", answer)
                 self._turns_since_save += 1
                 if self.autosave_path is not None and self._turns_since_save >= self.autosave_every:
-                    self._autosave()
+                    self._autosave(locked=True)
 
     def regenerate(self, **options: Any) -> StreamingTurn:
         """Drop the last answer and answer the last user message again."""
@@ -420,13 +420,11 @@ class Conversation:
         is returned as bytes.
         """
         from .atomic import atomic_write
-        from .session import session_chunks
 
         if self.history.user_message_count == 0:
             raise NothingToSaveError("the conversation has no turns yet; send a message before saving")
         with self._turn_lock, self.model.lock:
-            self._activate()
-            chunks = session_chunks(self)
+            chunks = self._session_chunks()
         # The file is written outside the locks: the next turn need not wait for the disk.
         if path is None:
             return b"".join(chunks)
@@ -451,10 +449,23 @@ class Conversation:
         if self.autosave_path is not None and self._turns_since_save and self.history.user_message_count:
             self._autosave()
 
-    def _autosave(self) -> None:
+    def _session_chunks(self) -> list[memoryview]:
+        """The session's bytes (caller holds the turn lock and the model lock)."""
+        from .session import session_chunks
+
+        self._activate()
+        return session_chunks(self)
+
+    def _autosave(self, locked: bool = False) -> None:
+        """Save to the autosave path; ``locked``: called from inside a turn, which holds the locks."""
+        from .atomic import atomic_write
+
         assert self.autosave_path is not None
         try:
-            self.save(self.autosave_path)
+            if locked:
+                atomic_write(self.autosave_path, self._session_chunks())
+            else:
+                self.save(self.autosave_path)
         except LmchatError as exc:
             self.last_save_error = exc
             self._emit("save_failed", text=str(exc))
