@@ -25,6 +25,7 @@ import pytest
 
 from lmchat_jupyter import Conversation, Model, ModelLoadError, ModelNotFoundError, ModelSettings, load_model
 from lmchat_jupyter.model_specs import MODEL_ENV_VAR, default_model_path, parse_hf_spec, resolve_model_path
+from lmchat_jupyter.models import default_threads
 
 from .hub_server import HubFile, HubRepo, LocalHub
 
@@ -161,7 +162,21 @@ def test_settings_are_checked() -> None:
         ModelSettings(type_k="q3")
     with pytest.raises(ValueError, match="n_ctx=16 is too small"):
         ModelSettings(n_ctx=16)
+    with pytest.raises(ValueError, match="n_threads=0; use at least 1"):
+        ModelSettings(n_threads=0)
     assert ModelSettings().n_ctx is None and ModelSettings().n_gpu_layers == 0
+
+
+def test_thread_counts(model: Model) -> None:
+    generation, batch = default_threads()
+    cpus = len(os.sched_getaffinity(0))
+    assert 1 <= generation <= batch == max(1, cpus - 1)  # a core is left for everything else
+    assert ModelSettings().threads() == (generation, batch)
+    assert ModelSettings(n_threads=3).threads() == (3, 3)
+    assert ModelSettings(n_threads=3, n_threads_batch=2).threads() == (3, 2)
+    assert ModelSettings(n_threads_batch=2).threads() == (generation, 2)
+    params = model.llm.context_params  # what llama.cpp was given
+    assert (params.n_threads, params.n_threads_batch) == (generation, batch)
 
 
 def _set_gguf_uint32(path: Path, key: str, value: int) -> None:
