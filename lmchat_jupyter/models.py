@@ -190,7 +190,8 @@ def load_model(
 
     ``progress=True`` prints ``Loading file.gguf …`` and then ``Loaded name (file.gguf, n_ctx=N) in 0.6 s``
     (a Hub download shows huggingface_hub's own progress bar first); a callable receives those lines
-    instead. llama.cpp's own log never reaches stderr: it goes to the ``lmchat_jupyter.llama`` logger.
+    instead; an already loaded model is returned silently. llama.cpp's own log never reaches stderr:
+    it goes to the ``lmchat_jupyter.llama`` logger.
     """
     settings = replace(settings or ModelSettings(), **overrides)
     report = _reporter(progress)
@@ -198,9 +199,7 @@ def load_model(
     key = (str(path.resolve()), settings)
     with _MODELS_LOCK:
         if reuse and key in _MODELS:
-            model = _MODELS[key]
-            report(f"Using {model.describe()}, already loaded")
-            return model
+            return _MODELS[key]  # nothing to report: nothing was loaded
         report(f"Loading {path.name} …")
         start = time.perf_counter()
         llm = _open_llama(path, settings)
