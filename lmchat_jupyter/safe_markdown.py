@@ -3,7 +3,7 @@
 Notebook frontends render Markdown from a freshly run cell or an ``ipywidgets.Output`` as *trusted*:
 raw HTML in it is not sanitized and ``<script>`` runs. Model text is untrusted, so before it reaches
 the Markdown renderer every ``<`` and ``[`` outside code becomes an entity: no tag, autolink, link
-or image can form, while emphasis, lists, headings and tables still render. Code spans and fenced
+or image can form, while emphasis, lists, headings and tables still render, and line breaks show. Code spans and fenced
 blocks become ``<code>``/``<pre>`` elements whose text is fully escaped, so they show exactly what
 the model wrote. Math (``$…$``) is left to the frontend, whose MathJax runs in safe mode.
 """
@@ -47,7 +47,8 @@ def safe_markdown(text: str) -> str:
     while i < len(lines):
         m = _FENCE.match(lines[i])
         if m is None or (m.group(1)[0] == "`" and "`" in m.group(2)):
-            out.append(_prose(lines[i]))
+            # Two trailing spaces: a line break shows as one, as in a chat (a paragraph's end ignores them).
+            out.append(_prose(lines[i]) + ("  " if lines[i].strip() else ""))
             i += 1
             continue
         fence, body = m.group(1), []

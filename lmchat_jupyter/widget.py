@@ -14,55 +14,21 @@ from typing import Any
 import ipywidgets as W
 
 from . import kernel
+from .chat_views import bubble, enter_sends, show
 from .conversation import Conversation
 from .errors import LmchatError
 from .events import ConversationEvent
-from .safe_markdown import safe_markdown
 
 __all__ = ["ChatWidget"]
 
 #: Redraw a streaming answer at most this often (each redraw sends the whole answer so far).
 REFRESH_SECONDS = 0.05
-#: role: (label, colour of the left border, margin that sets the two sides apart)
-ROLES = {"user": ("You", "#1976d2", "6px 0 6px 12%"), "assistant": ("Assistant", "#2e7d32", "6px 12% 6px 0")}
 PLAIN = (
     "Chat widget for conversation {name!r} ({count} messages). It shows here with ipywidgets>=8 in "
     "JupyterLab 4 or Notebook 7: pip install 'ipywidgets>=8' and reload the page. Meanwhile %%chat cells "
     "and `%chat history` use the same conversation."
 )
-# ipywidgets' Textarea sends no key events, so Enter-sends is a page-wide listener, installed once.
-# It commits the text (a 'change' event syncs the value) before clicking Send; Shift+Enter types a newline.
-ENTER_SENDS = """
-if (!window.__lmchatEnterSends) {
-  window.__lmchatEnterSends = true;
-  document.addEventListener('keydown', function (e) {
-    if (e.key !== 'Enter' || e.shiftKey || e.isComposing || !e.target.closest) return;
-    var chat = e.target.closest('.lmchat-input') && e.target.closest('.lmchat-chat');
-    if (!chat) return;
-    e.preventDefault();
-    e.stopPropagation();
-    e.target.dispatchEvent(new Event('change', {bubbles: true}));
-    var send = chat.querySelector('.lmchat-send');
-    if (send && !send.disabled) send.click();
-  }, true);
-}
-"""
-
-
-def _show(out: W.Output, text: str) -> None:
-    markdown = safe_markdown(text) if text else "…"
-    out.outputs = ({"output_type": "display_data", "data": {"text/markdown": markdown}, "metadata": {}},)
-
-
-def _bubble(role: str, text: str) -> tuple[W.Output, W.VBox]:
-    label, colour, margin = ROLES[role]
-    out = W.Output()
-    _show(out, text)
-    title = W.Label(label, style={"font_weight": "bold", "text_color": colour})
-    layout = W.Layout(border_left=f"4px solid {colour}", padding="0 0 0 10px", margin=margin)
-    box = W.VBox([title, out], layout=layout)
-    box.add_class(f"lmchat-{role}")
-    return out, box
+FINISH_NOTES = {"stopped": "stopped", "length": "cut at max tokens"}
 
 
 class ChatWidget(W.VBox):  # type: ignore[misc]
@@ -86,7 +52,7 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
         self._unsubscribe: Any = None
         self._conv: Conversation
         self.picker = W.Dropdown(description="Chat", layout=W.Layout(width="max-content"))
-        self.messages = W.VBox()
+        self.messages = W.VBox(layout=W.Layout(flex="0 0 auto"))  # never squeezed: the box around it scrolls
         # column-reverse keeps the view scrolled to the newest message as messages arrive.
         scroller = W.Box(
             [self.messages], layout=W.Layout(flex_flow="column-reverse", max_height="32em", overflow_y="auto")
@@ -107,12 +73,8 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
         self.confirm.layout.display = "none"
         self.status = W.Label()
         self.status.add_class("lmchat-status")
-        script = W.Output(layout=W.Layout(display="none"))
-        script.outputs = (
-            {"output_type": "display_data", "data": {"application/javascript": ENTER_SENDS}, "metadata": {}},
-        )
         buttons = W.HBox([self.send_button, self.stop_button, self.clear_button])
-        super().__init__([self.picker, scroller, self.input, buttons, self.confirm, self.status, script])
+        super().__init__([self.picker, scroller, self.input, buttons, self.confirm, self.status, enter_sends()])
         self.add_class("lmchat-chat")
         self.send_button.on_click(lambda _b: self.submit())
         self.stop_button.on_click(lambda _b: self.stop())
@@ -138,9 +100,6 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
 
     def __repr__(self) -> str:
         return PLAIN.format(name=self.name, count=self._conv.history.message_count)
-
-    def _repr_pretty_(self, p: Any, cycle: bool) -> None:
-        p.text(repr(self))
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         data: dict[str, Any] = super()._repr_mimebundle_(**kwargs)
@@ -169,8 +128,10 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
         try:
             for _ in conv.stream(message, **self.options):
                 pass
-        except (LmchatError, ValueError) as exc:
+        except (LmchatError, ValueError) as exc:  # e.g. the context is full: the message goes back in the box
             self._note = f"error: {exc}"
+            if not self.input.value:
+                self.input.value = message
         finally:
             self._refresh()
 
@@ -258,7 +219,7 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
                 # The finished answer keeps the bubble it streamed into.
                 out, box = self._stream_views
                 self._bubbles.append((event.message.id, "assistant", event.message.content, out, box))
-                _show(out, event.message.content)
+                show(out, event.message.content)
                 self._stream = self._stream_views = None
                 self._render()
             elif event.kind == "turn_finished" and ours:
@@ -273,12 +234,13 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
         if self._stream is None:  # this widget appeared while an answer was under way
             self._stream = []
             self._render()
-        assert self._stream is not None and self._stream_views is not None
+        if self._stream is None or self._stream_views is None:
+            return
         self._stream.append(piece)
         now = time.monotonic()
         if now - self._shown_at >= REFRESH_SECONDS:
             self._shown_at = now
-            _show(self._stream_views[0], "".join(self._stream) + " ▌")
+            show(self._stream_views[0], "".join(self._stream) + " ▌")
             self._refresh()
 
     def _render(self) -> None:
@@ -292,15 +254,15 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
             for m in history:
                 old = known.pop(m.id, None)
                 if old is not None and old[2] != m.content:
-                    _show(old[3], m.content)
-                views = old[3:] if old is not None else _bubble(m.role, m.content)
+                    show(old[3], m.content)
+                views = old[3:] if old is not None else bubble(m.role, m.content)
                 bubbles.append((m.id, m.role, m.content, *views))
             for _id, _role, _text, out, box in known.values():
                 out.close()
                 box.close()
             self._bubbles = bubbles
             if self._stream is not None and self._stream_views is None:
-                self._stream_views = _bubble("assistant", "".join(self._stream))
+                self._stream_views = bubble("assistant", "".join(self._stream))
             extra = [self._stream_views[1]] if self._stream_views is not None else []
             self.messages.children = tuple(b[4] for b in bubbles) + tuple(extra)
 
@@ -317,7 +279,9 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
             if generating:
                 parts.append("generating…")
             elif conv.last_result is not None:
-                parts.append(f"{conv.last_result.tokens_per_second:.1f} tok/s last answer")
+                last = conv.last_result
+                parts.append(f"{last.tokens_per_second:.1f} tok/s last answer")
+                parts += [FINISH_NOTES[last.finish_reason]] if last.finish_reason in FINISH_NOTES else []
             if store.last_save_error:
                 parts.append(f"not saved: {store.last_save_error}")
             elif not store.autosave:

@@ -85,7 +85,7 @@ def test_widget_and_magic_are_one_conversation(shell: InteractiveShell) -> None:
     assert [m.role for m in conv.history] == ["user", "assistant"]
     assert conv.history[0].meta == {"via": "widget"}
     assert shown_matches_history(w)
-    assert re.search(r"\d+ / [\d,]+ tokens · [\d.]+ tok/s last answer · saved", w.status.value), w.status.value
+    assert re.search(r"\d+ / [\d,]+ tokens · [\d.]+ tok/s last answer · cut at max tokens · saved$", w.status.value)
     after_widget = conv.info.token_count
 
     # The widget follows a %%chat cell token by token while it generates.
@@ -135,6 +135,7 @@ def test_stop_ends_the_answer_and_a_waiting_cell_goes_next(
     assert conv.history[-1].meta.get("finish_reason") == "stopped"
     assert shown_matches_history(w)
     assert w.stop_button.disabled is True and w.send_button.disabled is False
+    assert "tok/s last answer · stopped" in w.status.value
 
     # A %%chat cell run while the widget answers waits for it, then answers on top of it.
     w.options["max_tokens"] = 40
@@ -279,9 +280,10 @@ def test_model_text_cannot_make_html(text: str) -> None:
 
 def test_markdown_survives() -> None:
     md = safe_markdown("# Title\n\n- **bold** and *it*\n- `a<b`\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n$x^2$")
-    assert md.startswith("# Title\n\n- **bold** and *it*\n- <code>a&#60;b</code>")
-    assert "| a | b |\n|---|---|" in md and md.endswith("$x^2$")
+    # Every line ends in a hard break (two spaces), as a chat shows line breaks.
+    assert md.startswith("# Title  \n\n- **bold** and *it*  \n- <code>a&#60;b</code>  \n")
+    assert "| a | b |  \n|---|---|  " in md and md.endswith("$x^2$  ")
     code = "if a < b and c[0]:\n\n    print('<script>')"
     fenced = safe_markdown(f"Look:\n```python\n{code}\n```\nDone.")
-    assert fenced.startswith("Look:\n<pre><code>") and fenced.endswith("</code></pre>\nDone.")
-    assert visible(fenced) == f"Look:\n{code}\nDone."
+    assert fenced.startswith("Look:  \n<pre><code>") and fenced.endswith("</code></pre>\nDone.  ")
+    assert visible(fenced).replace("  \n", "\n").strip() == f"Look:\n{code}\nDone."
