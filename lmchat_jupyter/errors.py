@@ -38,7 +38,15 @@ class SessionNotFoundError(LmchatError):
 
 
 class SessionCorruptError(LmchatError):
-    """The session file or blob is truncated, damaged or not an lmchat session at all."""
+    """The session file or blob is truncated, damaged or not an lmchat session at all.
+
+    ``history`` holds the conversation's history when it survived the damage (its section is
+    intact), so callers can fall back to :meth:`Conversation.from_history`; None otherwise.
+    """
+
+    def __init__(self, message: str, history: object = None) -> None:
+        super().__init__(message)
+        self.history = history
 
 
 class SessionMismatchError(LmchatError):

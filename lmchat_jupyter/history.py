@@ -185,6 +185,8 @@ class ChatHistory:
             data = json.loads(bytes(blob).decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise HistoryFormatError(f"chat history is not valid UTF-8 JSON: {exc}") from None
+        except RecursionError:
+            raise HistoryFormatError("chat history nests too deeply to be a chat history") from None
         return cls.from_json(data)
 
     @classmethod

@@ -13,7 +13,16 @@ from collections.abc import Sequence
 import llama_cpp
 import numpy as np
 
-__all__ = ["state_size", "read_state_into", "load_state", "truncate", "clear", "last_logits_top", "is_eog"]
+__all__ = [
+    "state_size",
+    "read_state_into",
+    "load_state",
+    "positions",
+    "truncate",
+    "clear",
+    "last_logits_top",
+    "is_eog",
+]
 
 SEQ = 0
 
@@ -42,13 +51,36 @@ def load_state(llm: llama_cpp.Llama, address: int, size: int, tokens: Sequence[i
     clear(llm)
     src = ctypes.cast(ctypes.c_void_p(address), ctypes.POINTER(ctypes.c_uint8))
     read = int(llama_cpp.llama_state_seq_set_data(llm.ctx, src, size, SEQ))
-    if read != size:
+    if read != size or not _holds(llm, len(tokens)):
         clear(llm)
         return False
     n = len(tokens)
     llm.input_ids[:n] = np.asarray(tokens, dtype=np.intc)
     llm.n_tokens = n
     return True
+
+
+def positions(llm: llama_cpp.Llama) -> tuple[int, int]:
+    """The lowest and highest position sequence 0 holds in the cache; (-1, -1) when it is empty."""
+    memory = llm._ctx.memory
+    return (
+        int(llama_cpp.llama_memory_seq_pos_min(memory, SEQ)),
+        int(llama_cpp.llama_memory_seq_pos_max(memory, SEQ)),
+    )
+
+
+def _holds(llm: llama_cpp.Llama, n_tokens: int) -> bool:
+    """Whether a state llama.cpp accepted covers exactly positions ``0 .. n_tokens - 1``.
+
+    llama.cpp checks a state's structure, not that its cells fit the tokens they are loaded for:
+    cells at other positions would make the next decode fail or attend to the wrong places. A
+    sliding-window cache may have dropped its oldest cells, so only its end must match there.
+    """
+    low, high = positions(llm)
+    if high != n_tokens - 1:
+        return False
+    windowed = int(llama_cpp.llama_model_n_swa(llm.model)) > 0
+    return n_tokens == 0 or low == 0 or (windowed and 0 < low <= high)
 
 
 def truncate(llm: llama_cpp.Llama, n_tokens: int) -> bool:

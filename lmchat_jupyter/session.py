@@ -104,7 +104,7 @@ def read_session(
     if path.is_dir():
         raise SessionCorruptError(f"{path} is a directory, not a session file; remove it or name the file")
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = session_format.open_regular(path)
     except FileNotFoundError:
         raise SessionNotFoundError(
             f"no session file at {path}. Check the path, or start a new conversation (Conversation(model))"
@@ -138,18 +138,25 @@ def _restore_from_buffer(
     kwargs: dict[str, Any],
 ) -> Conversation:
     start = time.perf_counter()
-    parsed = session_format.parse(view, source)
+    try:
+        parsed = session_format.parse(view, source)
+    except SessionCorruptError as exc:
+        raise _with_salvaged_history(exc, view) from None
     try:
         history = ChatHistory.from_bytes(parsed.sections["history"])
+    except HistoryFormatError as exc:
+        raise SessionCorruptError(f"{source}: its history does not parse ({exc}); the session was not loaded") from None
+    try:
         tokens = np.frombuffer(parsed.sections["tokens"], dtype="<i4").tolist()
         engine = json.loads(bytes(parsed.sections["engine"]).decode("utf-8"))
-    except (HistoryFormatError, ValueError, UnicodeDecodeError) as exc:
-        raise SessionCorruptError(f"{source}: its contents do not parse ({exc})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise _with_history(SessionCorruptError(f"{source}: its contents do not parse ({exc})"), history) from None
     current = model.fingerprint()
-    differences = compare_fingerprints(parsed.header.get("compat"), current)
+    saved = parsed.header.get("compat")
+    differences = compare_fingerprints(saved, current)
     if differences:
         what = "; ".join(f"{k}: saved {_short(a)}, now {_short(b)}" for k, a, b in _rows(differences))
-        saved_name = (parsed.header.get("compat") or {}).get("model_name", "?")
+        saved_name = saved.get("model_name", "?") if isinstance(saved, dict) else "?"
         raise SessionMismatchError(
             f"{source} was saved with {saved_name} under other settings than this kernel's {model.name} ({what}). "
             "Its KV state cannot be used here; restore its history instead: "
@@ -157,13 +164,16 @@ def _restore_from_buffer(
             differences,
             history,
         )
-    state = _checked_engine_state(engine, tokens, model, source)
+    try:
+        state = _checked_engine_state(engine, tokens, model, source)
+    except SessionCorruptError as exc:
+        raise _with_history(exc, history) from None
     kv_view = parsed.sections["kv"]
     conv = cls(model, history=history, **kwargs)
     with conv._turn_lock, model.lock:
         conv._activate()
         loaded = False
-        if use_kv and state.tokens:
+        if use_kv and state.tokens and len(kv_view):
             address = _address(owner, parsed.offsets["kv"])
             loaded = kvstate.load_state(model.llm, address, len(kv_view), state.tokens)
         kv_view.release()
@@ -184,6 +194,28 @@ def _restore_from_buffer(
     conv.restored_from = f"{note} from {source} in {time.perf_counter() - start:.3f} s"
     conv._emit("restored", text=conv.restored_from)
     return conv
+
+
+def _with_history(exc: SessionCorruptError, history: ChatHistory) -> SessionCorruptError:
+    """``exc`` carrying the history that survived, with a message that says how to use it."""
+    return SessionCorruptError(
+        f"{exc}. Its history ({history.message_count} messages) is intact: "
+        "Conversation.from_history(model, error.history) continues the conversation",
+        history,
+    )
+
+
+def _with_salvaged_history(exc: SessionCorruptError, view: memoryview) -> SessionCorruptError:
+    section = session_format.salvage(view, "history")
+    if section is None:
+        return exc
+    try:
+        history = ChatHistory.from_bytes(section)
+    except HistoryFormatError:
+        return exc
+    finally:
+        section.release()
+    return _with_history(exc, history)
 
 
 def _rows(differences: dict[str, tuple[object, object]]) -> list[tuple[str, object, object]]:

@@ -13,8 +13,10 @@ xxh3 runs at memory speed, so checking a 180 MB KV state costs a few millisecond
 from __future__ import annotations
 
 import json
+import os
+import stat
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,17 @@ import xxhash
 
 from .errors import SessionCorruptError
 
-__all__ = ["MAGIC", "FORMAT_VERSION", "build", "parse", "read_header", "ParsedSession", "SECTION_NAMES"]
+__all__ = [
+    "MAGIC",
+    "FORMAT_VERSION",
+    "build",
+    "parse",
+    "salvage",
+    "read_header",
+    "open_regular",
+    "ParsedSession",
+    "SECTION_NAMES",
+]
 
 MAGIC = b"LMCHATS\x00"
 FORMAT_VERSION = 1
@@ -75,6 +87,38 @@ def parse(buf: memoryview, source: str) -> ParsedSession:
             "restore from its history instead, or delete it to start over"
         )
 
+    header, data_start = _checked_header(buf, corrupt)
+    sections: dict[str, memoryview] = {}
+    offsets: dict[str, int] = {}
+    for entry in header["sections"]:
+        name, start, view = _checked_section(buf, entry, data_start, corrupt)
+        if name in sections:
+            raise corrupt(f"its section table names {name!r} twice")
+        sections[name] = view
+        offsets[name] = start
+    missing = [n for n in SECTION_NAMES if n not in sections]
+    if missing:
+        raise corrupt(f"it lacks the section(s) {', '.join(missing)}")
+    return ParsedSession(header, sections, offsets)
+
+
+def salvage(buf: memoryview, name: str) -> memoryview | None:
+    """Section ``name`` of a session that :func:`parse` refused, if that section and the header are intact.
+
+    A damaged KV state should not cost the conversation: its history is usually still there.
+    """
+    try:
+        header, data_start = _checked_header(buf, SessionCorruptError)
+        for entry in header["sections"]:
+            if isinstance(entry, dict) and entry.get("name") == name:
+                return _checked_section(buf, entry, data_start, SessionCorruptError)[2]
+    except SessionCorruptError:
+        pass
+    return None
+
+
+def _checked_header(buf: memoryview, corrupt: Callable[[str], SessionCorruptError]) -> tuple[dict[str, Any], int]:
+    """The header, checked, and where the sections start."""
     size = len(buf)
     if size < PREFIX.size:
         raise corrupt(f"it is {size} bytes long, too short for a session header")
@@ -89,40 +133,63 @@ def parse(buf: memoryview, source: str) -> ParsedSession:
     head = buf[PREFIX.size : head_end]
     if bytes(buf[head_end : head_end + 8]).hex() != _digest(head):
         raise corrupt("its header checksum does not match (damaged header)")
-    try:
-        header = json.loads(bytes(head).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise corrupt("its header is not valid JSON") from None
+    header = _json(bytes(head))
+    if header is None:
+        raise corrupt("its header is not valid JSON")
     if not isinstance(header, dict) or not isinstance(header.get("sections"), list):
         raise corrupt("its header has no section table")
-    data_start = head_end + 8 + _pad(head_end + 8)
-    sections: dict[str, memoryview] = {}
-    offsets: dict[str, int] = {}
-    for entry in header["sections"]:
-        if not isinstance(entry, dict):
-            raise corrupt("its section table is malformed")
-        name, offset, length, digest = (entry.get(k) for k in ("name", "offset", "length", "xxh3"))
-        if name not in SECTION_NAMES or name in sections:
-            raise corrupt(f"its section table names {name!r}")
-        if not (isinstance(offset, int) and isinstance(length, int) and isinstance(digest, str)):
-            raise corrupt(f"section {name!r} has a malformed entry")
-        start = data_start + offset
-        if offset < 0 or length < 0 or start + length > size:
-            raise corrupt(f"section {name!r} runs past the end of the data (truncated?)")
-        view = buf[start : start + length]
-        if _digest(view) != digest:
-            raise corrupt(f"section {name!r} fails its checksum (damaged data)")
-        sections[name] = view
-        offsets[name] = start
-    missing = [n for n in SECTION_NAMES if n not in sections]
-    if missing:
-        raise corrupt(f"it lacks the section(s) {', '.join(missing)}")
-    return ParsedSession(header, sections, offsets)
+    return header, head_end + 8 + _pad(head_end + 8)
+
+
+def _checked_section(
+    buf: memoryview, entry: object, data_start: int, corrupt: Callable[[str], SessionCorruptError]
+) -> tuple[str, int, memoryview]:
+    """One section table entry checked against the data: (name, absolute start, bytes)."""
+    if not isinstance(entry, dict):
+        raise corrupt("its section table is malformed")
+    name, offset, length, digest = (entry.get(k) for k in ("name", "offset", "length", "xxh3"))
+    if name not in SECTION_NAMES:
+        raise corrupt(f"its section table names {name!r}")
+    if not (isinstance(offset, int) and isinstance(length, int) and isinstance(digest, str)):
+        raise corrupt(f"section {name!r} has a malformed entry")
+    start = data_start + offset
+    if offset < 0 or length < 0 or start + length > len(buf):
+        raise corrupt(f"section {name!r} runs past the end of the data (truncated?)")
+    view = buf[start : start + length]
+    if _digest(view) != digest:
+        raise corrupt(f"section {name!r} fails its checksum (damaged data)")
+    return str(name), start, view
+
+
+def _json(data: bytes) -> Any:
+    """``data`` parsed as UTF-8 JSON, or None. Nesting too deep for the parser counts as invalid."""
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+
+
+def open_regular(path: Path) -> int:
+    """A read-only descriptor of ``path``, which must be a regular file (never blocks on a FIFO).
+
+    Raises :class:`FileNotFoundError` when nothing is there and :class:`SessionCorruptError` for
+    anything else that cannot be read as a file.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise SessionCorruptError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise SessionCorruptError(f"{path} is not a regular file; remove it or name the session file")
+    return fd
 
 
 def read_header(path: Path) -> dict[str, Any]:
     """A session file's header alone, checked, without reading its sections."""
-    with path.open("rb") as fh:
+    with os.fdopen(open_regular(path), "rb") as fh:
         lead = fh.read(PREFIX.size)
         if len(lead) < PREFIX.size:
             raise SessionCorruptError(f"{path} is too short to be an lmchat session")
@@ -133,10 +200,9 @@ def read_header(path: Path) -> dict[str, Any]:
         digest = fh.read(8)
     if len(head) != head_len or digest.hex() != _digest(head):
         raise SessionCorruptError(f"{path} has a damaged header")
-    try:
-        header = json.loads(head.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise SessionCorruptError(f"{path} has a header that is not JSON") from None
+    header = _json(head)
+    if header is None:
+        raise SessionCorruptError(f"{path} has a header that is not JSON")
     if not isinstance(header, dict):
         raise SessionCorruptError(f"{path} has a malformed header")
     return header

@@ -1,0 +1,187 @@
+"""One test per failure the damaged-session harness found, each small enough to run in-process.
+
+Each test reproduces the exact damage that once ended in an untyped error, a hang, a cache that
+disagreed with its tokens, or a lost history.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmchat_jupyter import (
+    ChatHistory,
+    Conversation,
+    HistoryFormatError,
+    Model,
+    SessionCorruptError,
+    SessionMismatchError,
+    kvstate,
+)
+from lmchat_jupyter.session_format import read_header
+
+from .forge import KvLayout, Layout, forge, patch, reseal, split
+
+GREEDY = {"temperature": 0.0, "max_tokens": 8}
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.fixture(scope="module")
+def saved(model: Model) -> tuple[Conversation, bytes, Layout]:
+    conv = Conversation(model, system="You are terse.")
+    conv.submit("Name a colour.", **GREEDY)
+    blob = conv.save()
+    assert blob is not None
+    return conv, blob, split(blob)
+
+
+def next_answer(conv: Conversation) -> str:
+    return conv.submit("And a fruit?", **GREEDY).text
+
+
+def cache_agrees(conv: Conversation) -> bool:
+    low, high = kvstate.positions(conv.model.llm)
+    n = len(conv._state.tokens)
+    return conv.model.llm.n_tokens == n and high == n - 1 and low == 0
+
+
+def test_a_symlink_loop_is_a_corrupt_session_not_an_oserror(model: Model, tmp_path: Path) -> None:
+    path = tmp_path / "loop.lmsession"
+    path.symlink_to(path)
+    with pytest.raises(SessionCorruptError, match="cannot be read"):
+        Conversation.restore(model, path)
+    with pytest.raises(SessionCorruptError):
+        read_header(path)
+
+
+def test_a_fifo_in_place_of_the_file_does_not_block(model: Model, tmp_path: Path) -> None:
+    path = tmp_path / "pipe.lmsession"
+    os.mkfifo(path)
+    outcome: list[BaseException | None] = []
+
+    def restore() -> None:
+        try:
+            Conversation.restore(model, path)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001
+            outcome.append(exc)
+
+    worker = threading.Thread(target=restore, daemon=True)
+    worker.start()
+    worker.join(30)
+    if worker.is_alive():
+        # Unblock the reader (a writer opening the FIFO) so the thread can end, then fail.
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+        worker.join(30)
+        pytest.fail("restoring a FIFO blocked")
+    assert isinstance(outcome[0], SessionCorruptError), outcome
+    assert "not a regular file" in str(outcome[0])
+
+
+def test_deeply_nested_json_is_corrupt_not_a_recursion_error(
+    model: Model, saved: tuple[Conversation, bytes, Layout], tmp_path: Path
+) -> None:
+    _, _, layout = saved
+    header_only = forge(DEEP, layout.blob[layout.data_start :])
+    with pytest.raises(SessionCorruptError, match="not valid JSON") as no_history:
+        Conversation.restore(model, header_only)
+    assert no_history.value.history is None
+    path = tmp_path / "deep.lmsession"
+    path.write_bytes(header_only)
+    with pytest.raises(SessionCorruptError):
+        read_header(path)
+    with pytest.raises(SessionCorruptError, match="history does not parse"):
+        Conversation.restore(model, reseal(layout, {"history": DEEP}))
+    with pytest.raises(SessionCorruptError, match="do not parse") as deep_engine:
+        Conversation.restore(model, reseal(layout, {"engine": DEEP}))
+    assert isinstance(deep_engine.value.history, ChatHistory)
+    with pytest.raises(HistoryFormatError, match="nests too deeply"):
+        ChatHistory.from_bytes(b'{"format":1,"messages":[' + DEEP + b"]}")
+
+
+def test_tokens_that_disagree_with_the_kv_state_are_evaluated_again(
+    model: Model, saved: tuple[Conversation, bytes, Layout]
+) -> None:
+    conv, _, layout = saved
+    tokens = np.frombuffer(layout.section("tokens"), dtype="<i4")
+    for forged in (np.append(tokens, tokens[-1]), np.append(tokens, tokens[:5])):
+        blob = reseal(layout, {"tokens": forged.astype("<i4").tobytes()})
+        restored = Conversation.restore(model, blob)
+        assert restored.restored_from is not None and "refused" in restored.restored_from
+        assert len(restored._state.tokens) == len(forged)
+        assert cache_agrees(restored)
+        assert next_answer(restored)
+        assert cache_agrees(restored)
+
+
+def test_kv_cells_at_other_positions_are_refused(model: Model, saved: tuple[Conversation, bytes, Layout]) -> None:
+    conv, _, layout = saved
+    kv = layout.section("kv")
+    cells = KvLayout.of(kv)
+    last = cells.cell_count - 1
+    reference = Conversation.restore(model, layout.blob)
+    expected = next_answer(reference)
+    for position in (2**31 - 1, last + 10, -5):
+        cell = last if position > last else last // 2
+        blob = reseal(layout, {"kv": patch(kv, cells.pos_offset(cell), "<i", position)})
+        restored = Conversation.restore(model, blob)
+        assert restored.restored_from is not None and "refused" in restored.restored_from, position
+        assert cache_agrees(restored)
+        # The tokens were evaluated again, so the conversation goes on exactly as the pristine one.
+        assert next_answer(restored) == expected
+
+
+def test_an_empty_kv_section_at_the_end_of_a_file_is_evaluated_again(
+    model: Model, saved: tuple[Conversation, bytes, Layout], tmp_path: Path
+) -> None:
+    _, _, layout = saved
+    path = tmp_path / "empty-kv.lmsession"
+    path.write_bytes(reseal(layout, {"kv": b""}))
+    restored = Conversation.restore(model, path)
+    assert restored.restored_from is not None and "refused" in restored.restored_from
+    assert cache_agrees(restored)
+
+
+@pytest.mark.parametrize("compat", [[1, 2], "llama", 3, None])
+def test_a_compat_field_that_is_not_an_object_is_a_mismatch(
+    model: Model, saved: tuple[Conversation, bytes, Layout], compat: object
+) -> None:
+    conv, _, layout = saved
+    with pytest.raises(SessionMismatchError, match="fingerprint") as info:
+        Conversation.restore(model, reseal(layout, {}, {"compat": compat}))
+    assert isinstance(info.value.history, ChatHistory)
+    assert [m.content for m in info.value.history] == [m.content for m in conv.history]
+
+
+def test_a_damaged_session_still_gives_back_its_history(
+    model: Model, saved: tuple[Conversation, bytes, Layout], tmp_path: Path
+) -> None:
+    conv, blob, layout = saved
+    kv_start, kv_len = layout.sections["kv"]
+    tokens_start, _ = layout.sections["tokens"]
+    damaged = {
+        "kv bit flip": bytes(b ^ 1 if i == kv_start + kv_len // 2 else b for i, b in enumerate(blob)),
+        "truncated in the kv": blob[: kv_start + 100],
+        "truncated in the tokens": blob[: tokens_start + 2],
+    }
+    for what, data in damaged.items():
+        path = tmp_path / f"{what}.lmsession"
+        path.write_bytes(data)
+        for source in (data, path):
+            with pytest.raises(SessionCorruptError, match="history .* is intact") as info:
+                Conversation.restore(model, source)
+            history = info.value.history
+            assert isinstance(history, ChatHistory), what
+            assert [(m.id, m.content) for m in history] == [(m.id, m.content) for m in conv.history]
+    assert isinstance(history, ChatHistory)
+    moved = Conversation.from_history(model, history)
+    assert moved.submit("And a fruit?", **GREEDY).text
+    # The header is gone: nothing says where the history is, so nothing is claimed.
+    with pytest.raises(SessionCorruptError) as info:
+        Conversation.restore(model, blob[:40])
+    assert info.value.history is None
