@@ -88,7 +88,10 @@ def _memory(spec: str | None, cfg: Config, res: ModelResult) -> list[dict[str, A
     if spec is not None:
         cmd += ["--model", spec]
     cmd += [str(lr.session) for lr in res.lengths]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    # A fixed mmap threshold: every large buffer is mapped on allocation and returned on free, so a
+    # buffer freed by one operation cannot sit in the heap and hide the next one's allocation.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"the memory probe failed:\n{proc.stderr[-2000:]}")
     rows: list[dict[str, Any]] = json.loads(proc.stdout.strip().splitlines()[-1])["rows"]
@@ -111,7 +114,7 @@ def _notes(cfg: Config, smoke: bool) -> list[str]:
         "**Restore I/O** = `Conversation.restore` alone, every check included (header and section xxh3 checksums, "
         "model fingerprint, token range, and the logits check for sliding-window models under `verify='auto'`), "
         "against the floor: `mmap` of a file holding only the raw `llama_state_seq_get_data` bytes and "
-        "`llama_state_seq_set_data` from the map. Warm and floor runs are interleaved. Cold: the file is dropped "
+        "`llama_state_seq_set_data` from the map, then unmap. Warm and floor runs are interleaved. Cold: the file is dropped "
         "from the page cache with `posix_fadvise(POSIX_FADV_DONTNEED)` first (per file, so the model file and "
         "other users' cache stay warm; `drop_caches` would also evict the model).",
         "**Save** = `Conversation.save(path)` (KV copied out of llama.cpp, checksummed, written to a temp file, "
@@ -120,8 +123,10 @@ def _notes(cfg: Config, smoke: bool) -> list[str]:
         "**Autosave share** = one turn with `autosave=` on, answering a question greedily: the time between the "
         "`turn_finished` and `saved` events over the turn's wall time.",
         "**Memory** = in a fresh process per model that loads the model first: `/proc/self/clear_refs` (5) resets "
-        "VmHWM just before the operation; peak VmHWM minus VmRSS at that moment, over the KV state size. The restore "
-        "counts the mapped session file's pages (they are resident while the KV bytes are copied).",
+        "VmHWM just before the operation; peak VmHWM minus VmRSS at that moment, over the KV state size, after one "
+        "unmeasured restore and save (code pages and llama.cpp's compute buffers are touched once per process). "
+        "glibc's mmap threshold is fixed (`MALLOC_MMAP_THRESHOLD_=131072`) so that freed buffers leave the resident "
+        "set. The restore counts the mapped session file's pages (resident while the KV bytes are copied).",
         "**Generation** = decode tokens/s after the first token, same system prompt, question, greedy settings and "
         f"{cfg.gen_tokens} max tokens, bare `Llama.create_chat_completion(stream=True)` given the model's own chat "
         "template vs `Conversation.stream`, alternated, on the same `Llama` object.",
