@@ -27,6 +27,7 @@ __all__ = ["ModelSettings", "Model", "load_model", "loaded_models", "default_thr
 
 #: KV cache types a user may name, mapped to ggml's type ids.
 KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
+_FLOAT_KV_TYPES = ("f32", "f16", "bf16")
 DEFAULT_N_CTX = 8192
 
 
@@ -54,6 +55,9 @@ class ModelSettings:
         for name in ("type_k", "type_v"):
             if getattr(self, name) not in KV_TYPES:
                 raise ValueError(f"{name}={getattr(self, name)!r}; choose one of {', '.join(KV_TYPES)}")
+        if self.type_v not in _FLOAT_KV_TYPES and not self.flash_attn:
+            # llama.cpp refuses to create such a context; say why instead of blaming the model file.
+            raise ValueError(f"type_v={self.type_v!r} needs flash_attn=True: llama.cpp quantizes the V cache only then")
         if self.n_ctx is not None and self.n_ctx < 64:
             raise ValueError(f"n_ctx={self.n_ctx} is too small; use at least 64 (default: {DEFAULT_N_CTX})")
         for name in ("n_threads", "n_threads_batch"):
