@@ -29,6 +29,8 @@ PLAIN = (
     "and `%chat history` use the same conversation."
 )
 FINISH_NOTES = {"stopped": "stopped", "length": "cut at max tokens"}
+#: The widget each notebook cell made last: running the cell again retires the old one.
+_BY_CELL: dict[str, ChatWidget] = {}
 
 
 class ChatWidget(W.VBox):  # type: ignore[misc]
@@ -84,6 +86,12 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
         self.picker.observe(self._picked, "value")
         self._attach(self._store.get(self.name))
         self._store.adopt_listeners.append(self._adopted)
+        cell = self._state.cell_id
+        if cell is not None:  # its output was replaced: the old widget would only keep listening
+            old = _BY_CELL.pop(cell, None)
+            if old is not None:
+                old.close()
+            _BY_CELL[cell] = self
 
     # --- what it shows --------------------------------------------------------------------------
 
@@ -162,11 +170,17 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
             run()
 
     def close(self) -> None:
-        """Stop following the conversation and close the widget's views."""
+        """Stop following the conversation and close the widget and every widget inside it."""
         if self._unsubscribe is not None:
             self._unsubscribe()
+            self._unsubscribe = None
         if self._adopted in self._store.adopt_listeners:
             self._store.adopt_listeners.remove(self._adopted)
+        inside = list(self.children)
+        while inside:
+            child = inside.pop()
+            inside += list(getattr(child, "children", ()))
+            child.close()
         super().close()
 
     # --- following the conversation -------------------------------------------------------------

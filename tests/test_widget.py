@@ -207,13 +207,21 @@ def test_rewind_load_and_picker_show_at_once(shell: InteractiveShell, tmp_path: 
     w.close()
 
 
-def test_plain_text_where_widgets_do_not_show(shell: InteractiveShell) -> None:
+def test_plain_text_and_a_cell_run_again(shell: InteractiveShell) -> None:
     w = ChatWidget()
     text = w._repr_mimebundle_()["text/plain"]
     assert "ipywidgets>=8" in text and "JupyterLab 4" in text and "Notebook 7" in text
     assert "application/vnd.jupyter.widget-view+json" in w._repr_mimebundle_()
-    assert shell.run_line_magic("chat", "widget") is not None
-    w.close()
+    # Running the same cell again retires the widget it showed before; other cells' widgets stay.
+    chats().cell_id = "cell-1"
+    first = shell.run_line_magic("chat", "widget")
+    second = shell.run_line_magic("chat", "widget")
+    assert isinstance(first, ChatWidget) and isinstance(second, ChatWidget)
+    assert first.comm is None and first.send_button.comm is None and second.comm is not None
+    chat(shell, "Hi.")
+    assert first.shown == [] and len(second.shown) == 2 and len(w.shown) == 2
+    for widget in (w, second):
+        widget.close()
 
 
 def test_a_widget_turn_survives_a_restart(tmp_path: Path) -> None:
