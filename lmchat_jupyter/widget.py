@@ -29,6 +29,9 @@ PLAIN = (
     "and `%chat history` use the same conversation."
 )
 FINISH_NOTES = {"stopped": "stopped", "length": "cut at max tokens"}
+#: The cell id of the widget's turns. Where cells have ids, ``%%chat`` finds its turns by them
+#: (replay.decide), so a widget turn, which matches no cell, is never taken for a cell's turn.
+WIDGET_CELL_ID = "lmchat-widget"
 #: The widget each notebook cell made last: running the cell again retires the old one.
 _BY_CELL: dict[str, ChatWidget] = {}
 
@@ -134,7 +137,7 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
 
     def _generate(self, conv: Conversation, message: str) -> None:
         try:
-            for _ in conv.stream(message, **self.options):
+            for _ in conv.stream(message, cell_id=WIDGET_CELL_ID, **self.options):
                 pass
         except (LmchatError, ValueError) as exc:  # e.g. the context is full: the message goes back in the box
             self._note = f"error: {exc}"
@@ -222,11 +225,8 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
             if event.kind == "token":
                 self._stream_piece(event.text)
                 return
-            ours = threading.current_thread() is self._thread
             if event.kind == "turn_started":
                 self._note = ""
-                if event.message is not None and ours:
-                    event.message.meta["via"] = "widget"
                 self._stream, self._stream_views = [], None
                 self._render()
             elif event.kind == "message_added" and event.message is not None and self._stream_views is not None:
@@ -236,7 +236,7 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
                 show(out, event.message.content)
                 self._stream = self._stream_views = None
                 self._render()
-            elif event.kind == "turn_finished" and ours:
+            elif event.kind == "turn_finished" and threading.current_thread() is self._thread:
                 # Counted while the turn lock is held, so that a %%chat cell waiting for it sees this turn as
                 # already run (replay.decide) rather than as its own to rewind.
                 self._state.replay_cursor[self.name] = event.conversation.history.user_message_count

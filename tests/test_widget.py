@@ -16,7 +16,7 @@ import lmchat_jupyter
 from lmchat_jupyter import ChatHistory, ConversationEvent
 from lmchat_jupyter.kernel import chats
 from lmchat_jupyter.safe_markdown import safe_markdown
-from lmchat_jupyter.widget import ChatWidget
+from lmchat_jupyter.widget import WIDGET_CELL_ID, ChatWidget
 
 from .kernel_driver import KernelDriver, notebook_file
 
@@ -83,7 +83,7 @@ def test_widget_and_magic_are_one_conversation(shell: InteractiveShell) -> None:
     conv = lmchat_jupyter.current()
     assert w.conversation is conv
     assert [m.role for m in conv.history] == ["user", "assistant"]
-    assert conv.history[0].meta == {"via": "widget"}
+    assert conv.history[0].cell_id == conv.history[1].cell_id == WIDGET_CELL_ID
     assert shown_matches_history(w)
     assert re.search(r"\d+ / [\d,]+ tokens · [\d.]+ tok/s last answer · cut at max tokens · saved$", w.status.value)
     after_widget = conv.info.token_count
@@ -205,6 +205,21 @@ def test_rewind_load_and_picker_show_at_once(shell: InteractiveShell, tmp_path: 
     assert w.conversation is chats().store.conversations["other"]
     assert [t for _, t in w.shown][0] == "Hello."
     w.close()
+
+
+def test_a_new_cell_after_a_restart_keeps_the_widget_turns(shell: InteractiveShell) -> None:
+    w = ChatWidget(temperature=0, max_tokens=12)
+    type_and_send(w, "My name is Ada.")
+    assert w.wait(timeout=300)
+    widget_turn = [(m.role, m.content) for m in w.conversation.history]
+    w.close()
+    # A restart: the conversation comes back from the sidecar; JupyterLab sends cell ids.
+    shell.run_line_magic("unload_ext", "lmchat")
+    shell.run_line_magic("load_ext", "lmchat")
+    chats().cell_id = "cell-7"
+    chat(shell, "What is my name?")
+    history = [(m.role, m.content) for m in lmchat_jupyter.current().history]
+    assert history[:2] == widget_turn and [r for r, _ in history] == ["user", "assistant"] * 2
 
 
 def test_plain_text_and_a_cell_run_again(shell: InteractiveShell) -> None:
