@@ -17,7 +17,8 @@ from .conversation import Conversation
 from .errors import LmchatError
 from .history import ChatHistory
 from .output import AnswerDisplay, show_stored, stats_line
-from .replay import decide
+from .replay import cell_turns, decide
+from .safe_markdown import safe_markdown
 
 __all__ = ["ChatMagics", "load", "unload"]
 
@@ -121,7 +122,7 @@ class ChatMagics(Magics):
         decision = decide(conv.history, prompt, state.cell_id, order, regen=args.regen)
         if decision.action == "replay":
             assert decision.index is not None
-            state.replay_cursor[name] = _user_position(conv, decision.index) + 1
+            state.replay_cursor[name] = cell_turns(conv.history).index(decision.index) + 1
             show_stored(
                 conv.history[decision.index + 1].content, "restored from the saved conversation · not generated again"
             )
@@ -143,7 +144,7 @@ class ChatMagics(Magics):
             result = turn.result
             if result is not None:
                 out.finish(result.text, stats_line(result, conv.model.n_ctx, conv.info.token_count))
-                state.replay_cursor[name] = conv.history.user_message_count
+                state.replay_cursor[name] = len(cell_turns(conv.history))
 
     # --- %chat ----------------------------------------------------------------------------------
 
@@ -222,7 +223,7 @@ class ChatMagics(Magics):
         else:
             conv = Conversation.restore(model, path, progress=store.progress("Restoring"))
         store.adopt(store.active, conv)
-        kernel.chats().replay_cursor[store.active] = conv.history.user_message_count
+        kernel.chats().replay_cursor[store.active] = len(cell_turns(conv.history))
         print(f"lmchat: loaded {conv.info.message_count} messages from {path}")
 
     def _export(self, conv: Conversation, path: Path) -> None:
@@ -254,10 +255,6 @@ def _wait_until_free(conv: Conversation) -> None:
         time.sleep(0.05)
 
 
-def _user_position(conv: Conversation, index: int) -> int:
-    return sum(1 for m in conv.history.messages[:index] if m.role == "user")
-
-
 def _describe(conv: Conversation, name: str, state: kernel.KernelChats) -> str:
     info = conv.info
     store = state.store
@@ -279,7 +276,7 @@ def _transcript(conv: Conversation) -> str:
     parts = []
     for m in conv.history:
         who = {"system": "System", "user": "You", "assistant": "Assistant"}[m.role]
-        parts.append(f"**{who}:**\n\n{m.content}")
+        parts.append(f"**{who}:**\n\n{safe_markdown(m.content)}")
     return "\n\n---\n\n".join(parts) if parts else "*(no messages yet)*"
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from IPython.display import Markdown, display
 
 from .results import TurnResult
+from .safe_markdown import safe_markdown
 
 __all__ = ["AnswerDisplay", "stats_line"]
 
@@ -28,10 +29,12 @@ class AnswerDisplay:
         now = time.monotonic()
         if now - self._last >= REFRESH_SECONDS:
             self._last = now
-            self._show(self._text + " ▌")
+            self._show(safe_markdown(self._text) + " ▌")
 
     def finish(self, text: str, footer: str) -> None:
-        self._show(f"{text}\n\n<sub>{footer}</sub>" if footer else text)
+        # Model text is untrusted: JupyterLab trusts the output of a cell just run, so escape it here.
+        body = safe_markdown(text)
+        self._show(f"{body}\n\n<sub>{footer}</sub>" if footer else body)
 
     def _show(self, markdown: str) -> None:
         if self._handle is not None:
@@ -57,4 +60,4 @@ def stats_line(result: TurnResult, n_ctx: int, token_count: int) -> str:
 
 def show_stored(text: str, note: str) -> None:
     """An answer that is already in the conversation, shown again without generating."""
-    display(Markdown(f"{text}\n\n<sub>{note}</sub>"))
+    display(Markdown(f"{safe_markdown(text)}\n\n<sub>{note}</sub>"))

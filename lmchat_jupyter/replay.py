@@ -10,7 +10,15 @@ from dataclasses import dataclass
 
 from .history import ChatHistory
 
-__all__ = ["Decision", "decide"]
+__all__ = ["Decision", "decide", "cell_turns", "WIDGET_CELL_ID"]
+
+#: The cell id that chat widget turns carry: they belong to no cell and are never replayed or rewound by one.
+WIDGET_CELL_ID = "lmchat-widget"
+
+
+def cell_turns(history: ChatHistory) -> list[int]:
+    """Indices of the user messages that came from cells (not from the chat widget)."""
+    return [i for i, m in enumerate(history.messages) if m.role == "user" and m.cell_id != WIDGET_CELL_ID]
 
 
 @dataclass(frozen=True)
@@ -23,7 +31,7 @@ class Decision:
 
 def decide(history: ChatHistory, prompt: str, cell_id: str | None, order: int, regen: bool = False) -> Decision:
     """What a ``%%chat`` cell should do; ``order`` is how many ``%%chat`` runs came before it."""
-    users = [i for i, m in enumerate(history.messages) if m.role == "user"]
+    users = cell_turns(history)
     index: int | None = None
     if cell_id is not None and any(history[i].cell_id for i in users):
         index = next((i for i in users if history[i].cell_id == cell_id), None)

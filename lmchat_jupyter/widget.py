@@ -18,6 +18,7 @@ from .chat_views import bubble, enter_sends, show
 from .conversation import Conversation
 from .errors import LmchatError
 from .events import ConversationEvent
+from .replay import WIDGET_CELL_ID
 
 __all__ = ["ChatWidget"]
 
@@ -31,7 +32,6 @@ PLAIN = (
 FINISH_NOTES = {"stopped": "stopped", "length": "cut at max tokens"}
 #: The cell id of the widget's turns. Where cells have ids, ``%%chat`` finds its turns by them
 #: (replay.decide), so a widget turn, which matches no cell, is never taken for a cell's turn.
-WIDGET_CELL_ID = "lmchat-widget"
 #: The widget each notebook cell made last: running the cell again retires the old one.
 _BY_CELL: dict[str, ChatWidget] = {}
 
@@ -236,10 +236,6 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
                 show(out, event.message.content)
                 self._stream = self._stream_views = None
                 self._render()
-            elif event.kind == "turn_finished" and threading.current_thread() is self._thread:
-                # Counted while the turn lock is held, so that a %%chat cell waiting for it sees this turn as
-                # already run (replay.decide) rather than as its own to rewind.
-                self._state.replay_cursor[self.name] = event.conversation.history.user_message_count
             elif event.kind in ("rewound", "cleared", "restored", "model_changed"):
                 self._render()
             self._refresh()

@@ -92,7 +92,10 @@ class KernelDriver:
                 out.error = f"{body['ename']}: {body['evalue']}"
             elif kind == "status" and body["execution_state"] == "idle":
                 break
-        reply = self.kc.get_shell_msg(timeout=30)
+        while True:  # skip replies to earlier requests (e.g. the kernel_info of wait_for_ready)
+            reply = self.kc.get_shell_msg(timeout=30)
+            if reply["parent_header"].get("msg_id") == msg_id:
+                break
         out.displays = [displays[k] for k in order]
         for payload in reply["content"].get("payload", []):  # the pager (``%magic?``)
             out.displays.append(str(payload.get("data", {}).get("text/plain", "")))
