@@ -163,8 +163,12 @@ class NotebookLink {
       }
     } else if (!isPlainObject(value) || value.format !== FORMAT) {
       console.warn('lmchat: ignoring invalid notebook metadata', value);
-    } else if (!JSONExt.deepEqual(model.getMetadata(METADATA_KEY), value)) {
-      model.setMetadata(METADATA_KEY, JSONExt.deepCopy(value));
+    } else {
+      // JSONExt.deepEqual throws on undefined: compare only with a value that is there.
+      const current = model.getMetadata(METADATA_KEY);
+      if (current === undefined || !JSONExt.deepEqual(current, value)) {
+        model.setMetadata(METADATA_KEY, JSONExt.deepCopy(value));
+      }
     }
   }
 
