@@ -183,6 +183,11 @@ class LabServer:
         if self.proc.poll() is None:
             self._children.update(_descendants(self.proc.pid))
 
+    def kernel_pids(self) -> list[int]:
+        """The processes the server runs now (its kernels); stop() makes sure these are gone too."""
+        self.note_children()
+        return _descendants(self.proc.pid) if self.proc.poll() is None else []
+
     def stop(self) -> list[int]:
         """Terminate the server by its pid (kill it if it hangs); returns the pids it left behind, now killed."""
         self.note_children()
@@ -200,6 +205,11 @@ class LabServer:
         if self._own_home:
             shutil.rmtree(self.home, ignore_errors=True)
         return stray
+
+
+def wait_gone(what: str, pids: Sequence[int], timeout: float = 60) -> None:
+    """Wait until none of ``pids`` runs any more (a zombie counts as gone)."""
+    wait_for(what, lambda: not any(_alive(pid) for pid in pids), timeout=timeout)
 
 
 @contextmanager
