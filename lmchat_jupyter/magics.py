@@ -292,11 +292,12 @@ def load(ipython: Any) -> None:
     ipython.register_magics(ChatMagics)
     ipython.events.register("pre_run_cell", _on_pre_run_cell)
     state._magics_loaded = True  # type: ignore[attr-defined]
-    from . import frontend
-
-    frontend.register(ipython)
     for line in state.store.restore_all():
         print(f"lmchat: restored {line}")
+    from . import frontend
+
+    # After the sidecar: the notebook's embedded history fills in only what the sidecar lacks.
+    frontend.register(ipython)
 
 
 def unload(ipython: Any) -> None:
