@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import kvstate
+from . import interrupts, kvstate
 from .errors import ContextOverflowError, ConversationBusyError, LmchatError, NothingToSaveError
 from .events import ConversationEvent, EventHub
 from .history import ChatHistory, Message
@@ -160,39 +160,45 @@ class Conversation:
     def _run_turn(
         self, prompt: str | None, cell_id: str | None, opts: GenerationOptions, turn: StreamingTurn
     ) -> Iterator[str]:
-        """The body of a turn; runs under the turn lock and the model lock."""
+        """The body of a turn; runs under the turn lock, the model lock and :func:`interrupts.held`.
+
+        Ctrl-C takes effect between evaluated batches and between tokens only (and while a piece of
+        the answer is handed out), so an interrupted turn leaves the history and the cache agreeing.
+        """
         start = time.perf_counter()
         self._stop.clear()
-        if prompt is not None:
-            user = Message("user", prompt, cell_id=cell_id)
-            self.history.messages.append(user)
-            self._emit("turn_started", user)
+        llm = self.model.llm
+        user: Message | None = None
         try:
-            evaluated = self._sync(self._render(generation_prompt=True), reserve=1)
-        except BaseException:
             if prompt is not None:
+                user = Message("user", prompt, cell_id=cell_id)
+                self.history.messages.append(user)
+                self._emit("turn_started", user)
+            evaluated = self._sync(self._render(generation_prompt=True), reserve=1)
+            if opts.seed is not None:
+                llm.set_seed(opts.seed)
+            sampler = llm._init_sampler(
+                temp=opts.temperature,
+                top_k=opts.top_k,
+                top_p=opts.top_p,
+                min_p=opts.min_p,
+                repeat_penalty=opts.repeat_penalty,
+            )
+        except BaseException:
+            if user is not None and self.history.messages and self.history.messages[-1] is user:
                 self.history.messages.pop()
                 self._emit("rewound", text="the turn was cancelled before its answer began")
             raise
         cached = len(self._state.tokens) - evaluated
         self._state.mark()
-        llm = self.model.llm
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         pieces: list[str] = []
         generated = 0
         first_token_at: float | None = None
         finish = "length"
-        if opts.seed is not None:
-            llm.set_seed(opts.seed)
-        sampler = llm._init_sampler(
-            temp=opts.temperature,
-            top_k=opts.top_k,
-            top_p=opts.top_p,
-            min_p=opts.min_p,
-            repeat_penalty=opts.repeat_penalty,
-        )
         try:
             while generated < opts.max_tokens:
+                interrupts.checkpoint()
                 if len(self._state.tokens) >= self.model.n_ctx:
                     break
                 if self._stop.is_set():
@@ -212,7 +218,8 @@ class Conversation:
                     first_token_at = time.perf_counter()
                 if piece:
                     self._emit("token", text=piece)
-                    yield piece
+                    with interrupts.released():
+                        yield piece
             self._logits_fresh = True
         except BaseException:
             finish = "interrupted"
@@ -269,7 +276,7 @@ class Conversation:
         """Keep only the first ``n_messages`` messages; the KV prefix of what remains is kept."""
         if not 0 <= n_messages <= len(self.history):
             raise ValueError(f"rewind to {n_messages} messages: the conversation has {len(self.history)}")
-        with self._turn_lock, self.model.lock:
+        with self._turn_lock, self.model.lock, interrupts.held():
             keep = max(n_messages, 1 if self.history.system is not None else 0)
             del self.history.messages[keep:]
             self._rewind_cache()
@@ -368,14 +375,18 @@ class Conversation:
     def _eval(self, tokens: list[int], progress: Progress | None = None) -> None:
         llm = self.model.llm
         step = max(1, llm.n_batch)
+        before = len(self._state.tokens)
         try:
             for i in range(0, len(tokens), step):
+                interrupts.checkpoint()
                 chunk = tokens[i : i + step]
                 llm.eval(chunk)
                 self._state.tokens.extend(chunk)
                 if progress is not None:
                     progress(min(i + step, len(tokens)), len(tokens))
         except BaseException:
+            # The caller records the text of these tokens only once all of them are in: drop them all.
+            del self._state.tokens[before:]
             self._repair()
             raise
         if tokens:
@@ -403,7 +414,7 @@ class Conversation:
 
     def prefill(self, progress: Progress | None = None) -> int:
         """Evaluate the whole history now (otherwise the next turn does it); returns tokens evaluated."""
-        with self._turn_lock, self.model.lock:
+        with self._turn_lock, self.model.lock, interrupts.held():
             self._activate()
             evaluated = 0
             for end in range(1, len(self.history) + 1):
@@ -423,7 +434,7 @@ class Conversation:
 
         if self.history.user_message_count == 0:
             raise NothingToSaveError("the conversation has no turns yet; send a message before saving")
-        with self._turn_lock, self.model.lock:
+        with self._turn_lock, self.model.lock, interrupts.held():
             chunks = self._session_chunks()
         # The file is written outside the locks: the next turn need not wait for the disk.
         if path is None:
@@ -433,7 +444,7 @@ class Conversation:
 
     def switch_model(self, model: Model, progress: Progress | None = None) -> None:
         """Continue on another model: the history carries over and is evaluated again; the old KV is dropped."""
-        with self._turn_lock, self.model.lock:
+        with self._turn_lock, self.model.lock, interrupts.held():
             if self.model.owner is self:
                 self.model.owner = None
             self.model = model
@@ -539,7 +550,7 @@ class StreamingTurn:
                 "this conversation is generating an answer; wait for it or stop it (conv.stop())"
             )
         try:
-            with conv.model.lock:
+            with conv.model.lock, interrupts.held():
                 conv._activate()
                 yield from conv._run_turn(self._prompt, self._cell_id, self._opts, self)
         finally:

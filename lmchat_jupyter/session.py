@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import kvstate, session_format
+from . import interrupts, kvstate, session_format
 from .errors import HistoryFormatError, SessionCorruptError, SessionMismatchError, SessionNotFoundError
 from .history import ChatHistory
 
@@ -170,7 +170,7 @@ def _restore_from_buffer(
         raise _with_history(exc, history) from None
     kv_view = parsed.sections["kv"]
     conv = cls(model, history=history, **kwargs)
-    with conv._turn_lock, model.lock:
+    with conv._turn_lock, model.lock, interrupts.held():
         conv._activate()
         loaded = False
         if use_kv and state.tokens and len(kv_view):
