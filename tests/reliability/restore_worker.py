@@ -138,7 +138,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lmchat-corrupt-") as tmp:
         folder = Path(tmp)
         for case in cases:
-            emit({"start": case["id"]})
+            emit({"start": case["id"], "heavy": bool(case.get("heavy"))})
             began = time.perf_counter()
             data = case["build"]()
             source = place(case, data, folder)

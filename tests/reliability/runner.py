@@ -90,7 +90,8 @@ def _one_worker(
                 record = json.loads(line[3:])
                 if "start" in record:
                     current = record["start"]
-                    deadline = time.monotonic() + case_timeout
+                    # A heavy case evaluates a whole context again, minutes on a slow, busy machine.
+                    deadline = time.monotonic() + case_timeout * (10 if record.get("heavy") else 1)
                 elif "loaded_cases" in record:
                     pass
                 elif "reference" in record:
