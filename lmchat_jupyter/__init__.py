@@ -14,6 +14,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
+from . import _llama_env  # noqa: F401  (first: sets what llama.cpp reads when llama_cpp loads)
 from .conversation import Conversation, StreamingTurn
 from .errors import (
     ContextOverflowError,

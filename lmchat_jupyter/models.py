@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import llama_cpp
 
+from . import _llama_env
 from .errors import ModelLoadError
 from .fingerprint import file_sha256
 from .model_specs import resolve_model_path
@@ -38,7 +39,7 @@ class ModelSettings:
     ``n_ctx=None`` means 8192, capped by the model's training context. ``swa_full`` keeps the whole
     sliding-window cache, which makes rewinds and restores of sliding-window models (Gemma 3) exact.
     ``n_threads`` (generation) and ``n_threads_batch`` (prompt evaluation) default to
-    :func:`default_threads`, which leaves a core free; ``n_threads`` alone sets both.
+    :func:`default_threads`; ``n_threads`` alone sets both.
     """
 
     n_ctx: int | None = None
@@ -74,15 +75,17 @@ class ModelSettings:
 
 
 def default_threads() -> tuple[int, int]:
-    """Threads for generation and for prompt evaluation: ``(min(cpus // 2, cpus - 1), cpus - 1)``, at least 1.
+    """Threads for generation and for prompt evaluation on this machine.
 
-    llama.cpp's CPU threads meet at a spinning barrier after every operation, so a thread that loses its
-    core to another process stalls the others: on a 2-core machine with one other busy process, two
-    threads evaluated a prompt 1.5x slower and generated 20x slower than one. Leaving a core to Jupyter,
-    the browser and everything else avoids that; generation, bound by memory bandwidth, gains little
-    beyond half the cores.
+    Where llama.cpp's waiting threads sleep (OpenMP with ``OMP_WAIT_POLICY=PASSIVE``, which importing
+    lmchat sets unless the user chose otherwise) that is llama.cpp's own choice: half the cores for
+    generation, which is bound by memory bandwidth, and every core for prompts. Where they spin, a
+    thread that loses its core to another process stalls the others, so a core is left free:
+    ``(min(cpus // 2, cpus - 1), cpus - 1)``, at least 1 each.
     """
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if _llama_env.barriers_sleep():
+        return max(1, cpus // 2), cpus
     spare = max(1, cpus - 1)
     return max(1, min(cpus // 2, spare)), spare
 

@@ -169,14 +169,35 @@ def test_settings_are_checked() -> None:
 
 def test_thread_counts(model: Model) -> None:
     generation, batch = default_threads()
-    cpus = len(os.sched_getaffinity(0))
-    assert 1 <= generation <= batch == max(1, cpus - 1)  # a core is left for everything else
     assert ModelSettings().threads() == (generation, batch)
     assert ModelSettings(n_threads=3).threads() == (3, 3)
     assert ModelSettings(n_threads=3, n_threads_batch=2).threads() == (3, 2)
     assert ModelSettings(n_threads_batch=2).threads() == (generation, 2)
     params = model.llm.context_params  # what llama.cpp was given
     assert (params.n_threads, params.n_threads_batch) == (generation, batch)
+
+
+def _threads_in_a_fresh_process(code: str, **env: str) -> list[int]:
+    script = f"{code}\nfrom lmchat_jupyter.models import default_threads\nprint(*default_threads())"
+    environ = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | env
+    done = subprocess.run([sys.executable, "-c", script], env=environ, capture_output=True, text=True, check=True)
+    return [int(n) for n in done.stdout.split()]
+
+
+def test_threads_use_every_core_only_where_waiting_threads_sleep() -> None:
+    import llama_cpp
+
+    cpus = len(os.sched_getaffinity(0))
+    spinning = [max(1, min(cpus // 2, cpus - 1)), max(1, cpus - 1)]
+    # Only OpenMP builds of llama.cpp have a wait policy; others always spin.
+    openmp = b"OPENMP = 1" in llama_cpp.llama_print_system_info()
+    sleeping = [max(1, cpus // 2), cpus] if openmp else spinning
+    # Importing lmchat first makes llama.cpp's OpenMP threads sleep at barriers: every core for prompts.
+    assert _threads_in_a_fresh_process("import lmchat_jupyter") == sleeping
+    # The user's own policy wins; so does a llama_cpp loaded before lmchat could set it. A core stays free.
+    assert _threads_in_a_fresh_process("import lmchat_jupyter", OMP_WAIT_POLICY="ACTIVE") == spinning
+    assert _threads_in_a_fresh_process("import llama_cpp, lmchat_jupyter") == spinning
+    assert _threads_in_a_fresh_process("import llama_cpp, lmchat_jupyter", OMP_WAIT_POLICY="passive") == sleeping
 
 
 def _set_gguf_uint32(path: Path, key: str, value: int) -> None:
