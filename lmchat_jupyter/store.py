@@ -95,7 +95,7 @@ class ChatStore:
     # --- conversations --------------------------------------------------------------------------
 
     def model_for(self, spec: str | None) -> Model:
-        return load_model(spec if spec is not None else self.model_spec, self.settings)
+        return load_model(spec if spec is not None else self.model_spec, self.settings, progress=self.notify)
 
     def get(self, name: str | None = None, *, create: bool = True, system: str | None = None) -> Conversation:
         """The conversation called ``name`` (default: the active one), restoring or creating it."""
