@@ -352,11 +352,13 @@ class Conversation:
         new_tokens = self._renderer.tokenize(new_text)
         if not new_tokens and not self._logits_fresh and state.tokens:
             # Sampling needs the last position's logits: decode the last token again.
-            last = state.tokens[-1]
-            kvstate.truncate(llm, len(state.tokens) - 1)
-            del state.tokens[-1]
-            new_tokens = [last]
-            new_text = ""  # the cached text already covers the last token
+            if kvstate.truncate(llm, len(state.tokens) - 1):
+                new_tokens = [state.tokens.pop()]
+                new_text = ""  # the cached text already covers the last token
+            else:
+                kvstate.clear(llm)
+                new_tokens, new_text = list(state.tokens), state.text
+                state.cut(0, 0)
         needed = len(state.tokens) + len(new_tokens) + reserve
         if needed > self.model.n_ctx:
             if self.context_policy == "drop_oldest" and self._drop_oldest_turn():

@@ -70,34 +70,47 @@ def positions(llm: llama_cpp.Llama) -> tuple[int, int]:
 
 
 def _holds(llm: llama_cpp.Llama, n_tokens: int) -> bool:
-    """Whether a state llama.cpp accepted covers exactly positions ``0 .. n_tokens - 1``.
+    """Whether the cache holds what decoding position ``n_tokens`` needs: every position up to
+    ``n_tokens - 1`` and nothing after it.
 
-    llama.cpp checks a state's structure, not that its cells fit the tokens they are loaded for:
-    cells at other positions would make the next decode fail or attend to the wrong places. A
-    sliding-window cache may have dropped its oldest cells, so only its end must match there.
+    llama.cpp checks a loaded state's structure, not that its cells fit the tokens they are loaded
+    for, and cutting a cache back always "succeeds". A sliding-window cache keeps only its window
+    (after a restore even with ``swa_full``: llama.cpp saves no more), so cutting back past the
+    window's start leaves its layers without their context. Where the window (a query at ``p``
+    sees ``p - n_swa < p0 <= p``) is not covered, the caller must evaluate the tokens again.
     """
     low, high = positions(llm)
     if high != n_tokens - 1:
         return False
-    windowed = int(llama_cpp.llama_model_n_swa(llm.model)) > 0
-    return n_tokens == 0 or low == 0 or (windowed and 0 < low <= high)
+    if n_tokens == 0:
+        return True
+    n_swa = int(llama_cpp.llama_model_n_swa(llm.model))
+    first_needed = max(0, n_tokens - n_swa + 1) if n_swa > 0 else 0
+    return 0 <= low <= first_needed
 
 
 def truncate(llm: llama_cpp.Llama, n_tokens: int) -> bool:
-    """Drop every cached position from ``n_tokens`` on; False if the cache cannot drop them."""
-    ok = bool(llm._ctx.kv_cache_seq_rm(-1, n_tokens, -1))
+    """Drop every cached position from ``n_tokens`` on; False if what is left is not a usable prefix.
+
+    On False the cache may be cut already: the caller must clear it and evaluate again.
+    """
+    ok = bool(llm._ctx.kv_cache_seq_rm(-1, n_tokens, -1)) and _holds(llm, n_tokens)
     if ok:
         llm.n_tokens = n_tokens
     return ok
 
 
 def clear(llm: llama_cpp.Llama) -> None:
-    """Empty the cache. Metadata only, as :func:`truncate` does: emptied cells are masked out and
-    overwritten before reuse, while wiping the whole n_ctx buffer would cost more than loading a
-    saved state (tens of milliseconds for an 8k context)."""
+    """Empty the cache and zero its buffers.
+
+    Emptied cells are masked out but still read: attention without flash-attn multiplies them by
+    a weight of 0, and 0 x NaN is NaN. One state with non-finite values (a forged session, an f16
+    overflow) would otherwise poison every later evaluation on this model. Zeroing costs about
+    10 ms for an 8k context of a small model.
+    """
     memory = llm._ctx.memory
     if memory is not None:
-        llama_cpp.llama_memory_clear(memory, False)
+        llama_cpp.llama_memory_clear(memory, True)
     llm.n_tokens = 0
 
 

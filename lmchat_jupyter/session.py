@@ -70,6 +70,7 @@ def _fresh_top_logits(conv: Conversation) -> list[list[float]] | None:
         return None
     if not conv._logits_fresh:
         if not kvstate.truncate(llm, len(tokens) - 1):
+            conv._repair()  # the cache may be cut already: make it agree with the conversation again
             return None
         llm.eval([tokens[-1]])
         conv._logits_fresh = True

@@ -185,3 +185,22 @@ def test_a_damaged_session_still_gives_back_its_history(
     with pytest.raises(SessionCorruptError) as info:
         Conversation.restore(model, blob[:40])
     assert info.value.history is None
+
+
+def test_a_poisoned_cache_does_not_outlive_its_conversation(
+    model: Model, saved: tuple[Conversation, bytes, Layout]
+) -> None:
+    """A self-consistent file with NaN in its KV tensors passes every structural check and, unverified,
+    loads; its answer is garbage. The NaN it spreads into cells past its tokens must not reach the
+    conversations that use the model afterwards (masked cells are still multiplied by 0)."""
+    _, blob, layout = saved
+    expected = next_answer(Conversation.restore(model, blob))
+    kv = bytearray(layout.section("kv"))
+    start = KvLayout.of(bytes(kv)).first_k_data_offset
+    kv[start : start + 4096] = b"\x00\x7e" * 2048  # f16 NaN
+    poisoned = Conversation.restore(model, reseal(layout, {"kv": bytes(kv)}), verify="never")
+    poisoned.submit("Tell me a long story.", temperature=0.0, max_tokens=24)
+    assert next_answer(Conversation.restore(model, blob)) == expected
+    fresh = Conversation(model, system="You are terse.")
+    fresh.history.messages.extend(ChatHistory.from_bytes(layout.section("history")).messages[1:])
+    assert next_answer(fresh) == expected
