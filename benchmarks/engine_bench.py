@@ -41,6 +41,9 @@ class LengthResult:
     resume: float
     resume_samples: list[float]
     resume_cold: float
+    resume_restore: float  # the restore part of the resume
+    resume_next: float  # the rest: evaluating the next message and its first token
+    next_tokens: int  # tokens the next message added (evaluated by every strategy)
     reprefill_restore: float  # Conversation.restore(use_kv=False) to first token
     reprefill_history: float  # Conversation.from_history to first token
     restore: float
@@ -169,13 +172,19 @@ def _at_length(model: Model, n_tokens: int, cfg: Config, log: Any) -> LengthResu
     floor_cold = floor_once()
 
     # Resume: restore start to the first token of the next answer.
+    parts: list[tuple[float, float, int]] = []  # restore, next message to its first token, its tokens
+
     def resume_once(cold: bool = False) -> float:
         if cold:
             evict(session)
         release(model)
         start = time.perf_counter()
         conv = Conversation.restore(model, session)
-        return first_token(conv) - start
+        restored = time.perf_counter()
+        arrived = first_token(conv)
+        if not cold and conv.last_result is not None:
+            parts.append((restored - start, arrived - restored, conv.last_result.prompt_tokens))
+        return arrived - start
 
     resume, resume_samples = median_time(resume_once, cfg.reps)
     resume_cold = resume_once(cold=True)
@@ -197,6 +206,9 @@ def _at_length(model: Model, n_tokens: int, cfg: Config, log: Any) -> LengthResu
         resume=resume,
         resume_samples=resume_samples,
         resume_cold=resume_cold,
+        resume_restore=statistics.median(p[0] for p in parts),
+        resume_next=statistics.median(p[1] for p in parts),
+        next_tokens=parts[0][2],
         reprefill_restore=reprefill_restore,
         reprefill_history=reprefill_history,
         restore=statistics.median(restore_samples),

@@ -87,6 +87,14 @@ def rows_for(res: ModelResult, targets_at: dict[str, int]) -> list[Row]:
             check,
         )
         add(
+            "Resume breakdown: restore part vs re-prefill",
+            h,
+            f"{_ms(lr.resume_restore)} + {_ms(lr.resume_next)} for the next message ({lr.next_tokens} tokens)",
+            _ms(lr.reprefill_restore),
+            lr.reprefill_restore / lr.resume_restore,
+            "{:.0f}× faster",
+        )
+        add(
             "Resume vs re-prefill (from_history)",
             h,
             _ms(lr.resume),
@@ -327,6 +335,12 @@ def write_plot(path: Path, results: list[ModelResult]) -> None:
             ("re-prefill (restore, use_kv=False)", [lr.reprefill_restore for lr in res.lengths], "tab:orange", "o-"),
             ("lmchat resume, cold page cache", [lr.resume_cold for lr in res.lengths], "tab:cyan", "v--"),
             ("lmchat resume", [lr.resume for lr in res.lengths], "tab:blue", "o-"),
+            (
+                "lmchat restore alone (its part of the resume)",
+                [lr.resume_restore for lr in res.lengths],
+                "tab:green",
+                "^:",
+            ),
             ("cold start, no history", [res.cold_start] * len(x), "tab:gray", "x:"),
         ]
         for label, y, color, style in series:

@@ -71,7 +71,15 @@ def make_history(model: Model, n_tokens: int, seed: int = 1) -> ChatHistory:
         history.messages += [user, answer]
         if history_tokens(renderer, history) >= n_tokens:
             break
-    words = answer.content.split(" ")
+    while True:
+        answer = history.messages[-1]
+        words = answer.content.split(" ")
+        answer.content = words[0]
+        if history_tokens(renderer, history) <= n_tokens or len(history) <= 3:
+            break
+        # Even a one-word answer overshoots: drop this turn and cut the previous answer instead.
+        answer.content = " ".join(words)
+        del history.messages[-2:]
     lo, hi = 1, len(words)
     while lo < hi:  # the longest cut of the last answer that stays within n_tokens
         mid = (lo + hi + 1) // 2
