@@ -199,12 +199,12 @@ def interrupt_after(conv: Conversation, delay: float) -> bool:
     return interrupted
 
 
-def run_cases(refs: References, inject: Callable[[Conversation], bool], points: list[Any]) -> None:
+def run_cases(refs: References, inject: Callable[[Conversation, Any], bool], points: list[Any]) -> None:
     failures = []
     interrupted = 0
     for point in points:
         conv = refs.start()
-        if inject(conv, point):  # type: ignore[call-arg]
+        if inject(conv, point):
             interrupted += 1
         problem = judge(conv, refs)
         if problem:
