@@ -46,9 +46,10 @@ def read_state_into(llm: llama_cpp.Llama, buffer: bytearray | memoryview, offset
 def load_state(llm: llama_cpp.Llama, address: int, size: int, tokens: Sequence[int]) -> bool:
     """Load a KV state from memory at ``address`` into sequence 0; True when llama.cpp accepted it.
 
-    On refusal the cache is cleared, so a failed load never leaves half a state behind.
+    The cache must have just been emptied with :func:`clear` (both callers do so while activating
+    a conversation; clearing again would zero the whole n_ctx buffer a second time). On refusal the
+    cache is cleared, so a failed load never leaves half a state behind.
     """
-    clear(llm)
     src = ctypes.cast(ctypes.c_void_p(address), ctypes.POINTER(ctypes.c_uint8))
     read = int(llama_cpp.llama_state_seq_set_data(llm.ctx, src, size, SEQ))
     if read != size or not _holds(llm, len(tokens)):
