@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import xxhash
+
 from lmchat_jupyter import ChatHistory, Conversation, ConversationEvent, Model, kvstate, load_model
 
 from .bare import bare_chat_completion
@@ -57,6 +59,8 @@ class LengthResult:
     save_floor: float
     file_bytes: int
     state_bytes: int
+    copy_out: float  # llama_state_seq_get_data into a new buffer (part of a save)
+    checksum: float  # xxh3 over the whole file in memory (part of both save and restore)
     session: Path
     history: ChatHistory = field(repr=False)
     restore_never_verify: float | None = None  # only for models that verify by default
@@ -72,6 +76,8 @@ class ModelResult:
     path: str
     load_seconds: float
     n_swa: int
+    n_ctx: int
+    clear_seconds: float = 0.0  # kvstate.clear: empties the cache and zeroes its whole n_ctx buffer
     cold_start: float = 0.0
     cold_start_samples: list[float] = field(default_factory=list)
     lengths: list[LengthResult] = field(default_factory=list)
@@ -92,8 +98,10 @@ def bench_model(label: str, spec: str | None, cfg: Config, log: Any = print) -> 
         path=str(model.path),
         load_seconds=model.load_seconds or time.perf_counter() - start,
         n_swa=model.n_swa,
+        n_ctx=model.n_ctx,
     )
     model.sha256  # noqa: B018  hashed once per process and cached, as in a kernel
+    res.clear_seconds, _ = median_time(lambda: _timed(lambda: kvstate.clear(model.llm)), cfg.reps)
     res.cold_start, res.cold_start_samples = median_time(lambda: _cold_start(model), cfg.reps)
     log(f"  cold start (no history): {res.cold_start * 1e3:.0f} ms")
     res.generation = _generation(model, cfg)
@@ -136,13 +144,21 @@ def _at_length(model: Model, n_tokens: int, cfg: Config, log: Any) -> LengthResu
 
     # Save, against writing as many bytes with fsync.
     conv.save(session)  # first save re-decodes the last token for the verification logits
-    save, save_samples = median_time(lambda: _timed(lambda: conv.save(session)), cfg.reps)
+    data = session.read_bytes()
+    # Interleaved, so that load changes on the machine hit both alike.
+    save_pairs = [(_timed(lambda: conv.save(session)), floor_write(blank, data)) for _ in range(max(1, cfg.reps))]
+    save_samples = [a for a, _ in save_pairs]
+    save, save_floor = statistics.median(save_samples), statistics.median(b for _, b in save_pairs)
+    blank.unlink()
     state_bytes = kvstate.state_size(model.llm)
     write_raw_state(model.llm, raw)
-    data = session.read_bytes()
-    save_floor, _ = median_time(lambda: floor_write(blank, data), cfg.reps)
-    blank.unlink()
     file_bytes = session.stat().st_size
+    # Parts of save and restore that the floors do not have, timed alone to explain the ratios.
+    copy_out, _ = median_time(
+        lambda: _timed(lambda: kvstate.read_state_into(model.llm, bytearray(state_bytes))), cfg.reps
+    )
+    checksum, _ = median_time(lambda: _timed(lambda: xxhash.xxh3_64_hexdigest(data)), cfg.reps)
+    data = b""  # let the copy go before the restore measures
 
     # Restore alone (warm page cache), against mmap + llama_state_seq_set_data of the raw state.
     def restore_once(verify: str = "auto") -> float:
@@ -222,6 +238,8 @@ def _at_length(model: Model, n_tokens: int, cfg: Config, log: Any) -> LengthResu
         save_floor=save_floor,
         file_bytes=file_bytes,
         state_bytes=state_bytes,
+        copy_out=copy_out,
+        checksum=checksum,
         session=session,
         history=history,
         restore_never_verify=never,

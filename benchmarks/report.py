@@ -27,6 +27,7 @@ class Row:
     ratio_text: str
     target: str
     met: bool | None  # None: no target at this point
+    why: str = ""  # where the time goes, for rows whose target is missed
 
     @property
     def verdict(self) -> str:
@@ -63,10 +64,11 @@ def rows_for(res: ModelResult, targets_at: dict[str, int]) -> list[Row]:
         fmt: str,
         target: str = "",
         check: Callable[[float], bool] | None = None,
+        why: str = "",
     ) -> None:
         met = None if (check is None or ratio is None) else check(ratio)
         text = "—" if ratio is None else fmt.format(ratio)
-        rows.append(Row(measure, m, history, lmchat, baseline, ratio, text, target or "—", met))
+        rows.append(Row(measure, m, history, lmchat, baseline, ratio, text, target or "—", met, why))
 
     for lr in res.lengths:
         h = _tokens(lr.tokens)
@@ -85,6 +87,11 @@ def rows_for(res: ModelResult, targets_at: dict[str, int]) -> list[Row]:
             "{:.0f}× faster",
             target,
             check,
+            f"{_ms(lr.resume_next)} of the {_ms(lr.resume)} is evaluating the next message ({lr.next_tokens} tokens) "
+            f"against {lr.tokens:,} tokens of context and decoding its first token, which a re-prefill does as well; "
+            f"the restore part ({_ms(lr.resume_restore)}) is {lr.reprefill_restore / lr.resume_restore:.0f}× faster "
+            "than the re-prefill. With attention dominating, evaluating k new tokens at context n costs about "
+            "2k/n of a re-prefill of n, so no restore can beat n/(2k) here",
         )
         add(
             "Resume breakdown: restore part vs re-prefill",
@@ -129,6 +136,15 @@ def rows_for(res: ModelResult, targets_at: dict[str, int]) -> list[Row]:
             "{:.2f}×",
             "≤ 1.5×",
             lambda r: r <= 1.5,
+            f"beyond the floor's work, a restore zeroes the whole KV buffer first ({_ms(res.clear_seconds)} at "
+            f"n_ctx={res.n_ctx:,}, whatever the history length), checks the file's xxh3 checksums "
+            f"({_ms(lr.checksum)})"
+            + (
+                f" and re-decodes the last token to check the logits ({_ms(lr.restore - lr.restore_never_verify)})"
+                if lr.restore_never_verify is not None
+                else ""
+            )
+            + "; the rest is parsing the history and the checks of tokens and fingerprint",
         )
         if lr.restore_never_verify is not None:
             add(
@@ -158,6 +174,8 @@ def rows_for(res: ModelResult, targets_at: dict[str, int]) -> list[Row]:
             "{:.2f}×",
             "≤ 1.5×",
             lambda r: r <= 1.5,
+            f"beyond writing the bytes, a save copies the KV state out of llama.cpp ({_ms(lr.copy_out)}), "
+            f"checksums it ({_ms(lr.checksum)}), and renames the file and fsyncs its folder",
         )
     if res.autosave:
         a = res.autosave
@@ -290,10 +308,17 @@ def write_markdown(
     ]
     for key in ("cpu", "cores", "memory", "os", "python", "llama_cpp_python", "lmchat", "commit", "load"):
         lines.append(f"| {key.replace('_', '-')} | {machine[key]} |")
-    lines += ["", "## Models", "", "| Model | File | Load | Sliding window |", "|---|---|---:|---:|"]
+    lines += [
+        "",
+        "## Models",
+        "",
+        "| Model | File | Load | n_ctx | Sliding window | Zeroing the KV buffer |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for res in results:
         lines.append(
-            f"| {res.label} ({res.name}) | `{Path(res.path).name}` | {_ms(res.load_seconds)} | {res.n_swa or '—'} |"
+            f"| {res.label} ({res.name}) | `{Path(res.path).name}` | {_ms(res.load_seconds)} | {res.n_ctx:,} "
+            f"| {res.n_swa or '—'} | {_ms(res.clear_seconds)} |"
         )
     lines += [
         "",
@@ -308,6 +333,16 @@ def write_markdown(
         "",
         f"![Resume time vs history length]({PLOT_NAME})",
         "",
+        *(
+            ["## Missed targets: where the time goes", ""]
+            + [
+                f"- **{r.measure}** ({r.model}, {r.history}): {r.ratio_text}" + (f" — {r.why}." if r.why else ".")
+                for r in missed
+            ]
+            + [""]
+            if missed
+            else []
+        ),
         "## All measurements",
         "",
         *_table(rows),
