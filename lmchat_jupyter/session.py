@@ -37,10 +37,13 @@ def session_chunks(conv: Conversation) -> list[memoryview]:
     llm = conv.model.llm
     state = conv._state
     verify = _fresh_top_logits(conv)
-    kv = bytearray(kvstate.state_size(llm))
+    # np.empty, not bytearray(size): a bytearray is zero-filled first, touching every page before
+    # llama.cpp writes it (about 0.2 s for the 190 MB of an 8k context).
+    size = kvstate.state_size(llm)
+    kv = np.empty(size, dtype=np.uint8).data
     written = kvstate.read_state_into(llm, kv)
-    if written != len(kv):
-        del kv[written:]
+    if written != size:
+        kv = kv[:written]
     engine = {"text": state.text, "checkpoints": state.checkpoints}
     header: dict[str, Any] = {
         "lmchat": __version__,
