@@ -39,9 +39,9 @@ def outputs(nb: nbformat.NotebookNode) -> list[str]:
         if cell.cell_type != "code" or not cell.source.startswith("%%chat"):
             continue
         text = ""
-        for out in cell.get("outputs", []):
+        for out in cell.get("outputs", []):  # the answer's display; status lines go to stdout
             data = out.get("data", {})
-            text += data.get("text/markdown", "") or data.get("text/plain", "") or out.get("text", "")
+            text += data.get("text/markdown", "") or data.get("text/plain", "")
         texts.append(text)
     return texts
 
