@@ -45,8 +45,11 @@ def held() -> Iterator[None]:
         yield
         return
     if _depth == 0:
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is None:  # a handler installed outside Python, which could not be put back
+            yield
+            return
         try:
-            previous = signal.getsignal(signal.SIGINT)
             signal.signal(signal.SIGINT, _hold)
         except (ValueError, OSError):  # signals unavailable here (an embedded interpreter)
             yield

@@ -378,3 +378,54 @@ def test_sigint_from_another_process(refs: References, tmp_path: Path) -> None:
         child.wait(60)
     assert child.returncode == 0
     assert not failures, "\n".join(failures)
+
+
+def test_the_gate_holds_sigint_until_a_safe_point() -> None:
+    from lmchat_jupyter import interrupts
+
+    with pytest.raises(KeyboardInterrupt), interrupts.held():
+        signal.raise_signal(signal.SIGINT)
+        reached = True  # held back: the block goes on
+        interrupts.checkpoint()  # ... until here
+        reached = False
+    assert reached
+    with pytest.raises(KeyboardInterrupt), interrupts.held(), interrupts.held():  # nested: delivered at the end
+        signal.raise_signal(signal.SIGINT)
+    with interrupts.held(), pytest.raises(KeyboardInterrupt), interrupts.released():
+        signal.raise_signal(signal.SIGINT)
+        time.sleep(1)  # released: interrupted as usual
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_gate_hands_the_signal_to_the_handler_it_found() -> None:
+    from lmchat_jupyter import interrupts
+
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+        with interrupts.held():
+            signal.raise_signal(signal.SIGINT)
+            assert seen == []
+        assert seen == [signal.SIGINT]
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with interrupts.held():
+            signal.raise_signal(signal.SIGINT)
+            interrupts.checkpoint()  # ignored before, ignored now
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_the_gate_does_nothing_off_the_main_thread() -> None:
+    from lmchat_jupyter import interrupts
+
+    handlers: list[object] = []
+
+    def worker() -> None:
+        with interrupts.held():
+            handlers.append(signal.getsignal(signal.SIGINT))
+            interrupts.checkpoint()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert handlers == [signal.default_int_handler]
