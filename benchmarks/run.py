@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
@@ -144,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=None, help="repetitions of the fast measures")
     parser.add_argument("--no-kernel", action="store_true", help="skip the measures that need a Jupyter kernel")
     args = parser.parse_args(argv)
+    # A terminated run still removes its scratch folder (sessions of up to 200 MB each).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     started = time.time()
     load_before = os.getloadavg()
