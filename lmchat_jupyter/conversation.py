@@ -547,16 +547,24 @@ class StreamingTurn:
             raise RuntimeError("a turn can be iterated only once")
         self._started = True
         conv = self._conv
-        if not conv._turn_lock.acquire(blocking=self._wait):
-            raise ConversationBusyError(
-                "this conversation is generating an answer; wait for it or stop it (conv.stop())"
-            )
-        try:
-            with conv.model.lock, interrupts.held():
-                conv._activate()
-                yield from conv._run_turn(self._prompt, self._cell_id, self._opts, self)
-        finally:
-            conv._turn_lock.release()
+        # The locks are taken with Ctrl-C held back: a KeyboardInterrupt between taking a lock and
+        # the try that releases it would leave the conversation busy for good.
+        with interrupts.held():
+            if self._wait:
+                interrupts.acquire(conv._turn_lock)
+            elif not conv._turn_lock.acquire(blocking=False):
+                raise ConversationBusyError(
+                    "this conversation is generating an answer; wait for it or stop it (conv.stop())"
+                )
+            try:
+                interrupts.acquire(conv.model.lock)
+                try:
+                    conv._activate()
+                    yield from conv._run_turn(self._prompt, self._cell_id, self._opts, self)
+                finally:
+                    conv.model.lock.release()
+            finally:
+                conv._turn_lock.release()
 
     def text(self) -> str:
         """Run the turn to the end and return the answer's text."""

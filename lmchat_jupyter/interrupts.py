@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
-__all__ = ["held", "released", "checkpoint"]
+__all__ = ["held", "released", "checkpoint", "acquire"]
 
 Handler = Callable[[int, FrameType | None], Any] | int | None
 
@@ -85,6 +85,13 @@ def checkpoint() -> None:
     """A safe point: act on a SIGINT that arrived while held (normally: raise KeyboardInterrupt)."""
     if _pending and _in_main_thread():
         _deliver()
+
+
+def acquire(lock: threading.Lock | threading.RLock) -> None:
+    """Take ``lock`` inside :func:`held`: waiting for it still answers Ctrl-C, and once it is taken no
+    KeyboardInterrupt can come between taking it and the ``try`` that releases it."""
+    while not lock.acquire(timeout=0.1):
+        checkpoint()
 
 
 def _deliver() -> None:

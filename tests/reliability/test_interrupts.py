@@ -104,6 +104,8 @@ def cache_problem(conv: Conversation) -> str | None:
 
 def judge(conv: Conversation, refs: References) -> str | None:
     """None when ``conv`` equals a never-interrupted conversation; else what differs."""
+    if conv.busy or conv.model.lock._is_owned():  # type: ignore[attr-defined]
+        return "a lock is still held: every later turn would wait forever"
     problem = cache_problem(conv)
     if problem:
         return problem
@@ -224,20 +226,31 @@ def line_points(refs: References, n: int | None) -> list[int]:
 
 
 def interrupt_at_source(conv: Conversation, target: tuple[str, int]) -> bool:
-    """Run the second turn, raising SIGINT just before the ``nth`` run of the engine line containing ``text``."""
+    """Run the second turn, raising SIGINT just before the ``nth`` run of the engine line containing
+    ``text`` (with an ``after:`` prefix: just after it, before the next line of the same function)."""
     text, nth = target
+    after = text.startswith("after:")
+    text = text.removeprefix("after:")
     seen = 0
     fired = False
+    armed: FrameType | None = None
 
     def local(frame: FrameType, event: str, arg: object) -> Any:
-        nonlocal seen, fired
-        if fired:
+        nonlocal seen, fired, armed
+        if fired or event != "line":
+            return None if fired else local
+        if armed is frame:
+            fired = True
+            signal.raise_signal(signal.SIGINT)
             return None
-        if event == "line" and text in linecache.getline(frame.f_code.co_filename, frame.f_lineno):
+        if text in linecache.getline(frame.f_code.co_filename, frame.f_lineno):
             seen += 1
             if seen == nth:
-                fired = True
-                signal.raise_signal(signal.SIGINT)
+                if after:
+                    armed = frame
+                else:
+                    fired = True
+                    signal.raise_signal(signal.SIGINT)
         return local
 
     def calls(frame: FrameType, event: str, arg: object) -> Any:
@@ -265,6 +278,7 @@ WINDOWS = [
     ("self._state.text += piece", 2),  # a token decoded, its text not recorded
     ('answer = Message("assistant", text', 1),  # the turn's closing bookkeeping
     ("self.history.messages.append(answer)", 1),
+    ("after:conv._turn_lock", 1),  # the turn lock taken, its release not yet guaranteed
 ]
 
 
