@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,10 +23,12 @@ def atomic_write(path: Path, chunks: Iterable[bytes | bytearray | memoryview]) -
     is left as it was, and :class:`StorageError` says what went wrong.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
+    # A unique temp file per write: two saves of one file at once (the background autosave and an
+    # explicit save) must never write into the same temp file and rename a torn mix into place.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
     written = 0
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             for chunk in chunks:
                 view = memoryview(chunk).cast("B")
