@@ -25,6 +25,7 @@ __all__ = [
 ]
 
 SEQ = 0
+_TOP_BLOCK = 16384
 
 
 def state_size(llm: llama_cpp.Llama) -> int:
@@ -119,9 +120,15 @@ def last_logits_top(llm: llama_cpp.Llama, k: int = 8) -> list[tuple[int, float]]
     """The ``k`` best (token, logit) pairs of the last decoded position, best first."""
     ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
     logits = np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),))
-    top = np.argpartition(logits, -k)[-k:]
-    top = top[np.argsort(-logits[top])]
-    return [(int(t), float(logits[t])) for t in top]
+    # Block by block: one argpartition over the whole vocabulary allocates an 8-byte index per
+    # token (2 MB for Gemma's 262k) on every save and checked restore, which shows in their peak memory.
+    best: list[tuple[int, float]] = []
+    for start in range(0, len(logits), _TOP_BLOCK):
+        block = logits[start : start + _TOP_BLOCK]
+        picks = np.argpartition(block, -k)[-k:] if len(block) > k else range(len(block))
+        best.extend((start + int(i), float(block[i])) for i in picks)
+    best.sort(key=lambda pair: -pair[1])
+    return best[:k]
 
 
 def is_eog(llm: llama_cpp.Llama, token: int) -> bool:
