@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import xxhash
 
 from lmchat_jupyter import ChatHistory, Conversation, ConversationEvent, Model, kvstate, load_model
@@ -52,11 +53,13 @@ class LengthResult:
     restore_samples: list[float]
     restore_floor: float
     restore_floor_samples: list[float]
+    restore_ratio: float  # median of the per-pair ratios (each restore is paired with a floor run)
     restore_cold: float
     restore_floor_cold: float
     save: float
     save_samples: list[float]
     save_floor: float
+    save_ratio: float  # median of the per-pair ratios (each save is paired with a floor write)
     file_bytes: int
     state_bytes: int
     copy_out: float  # llama_state_seq_get_data into a new buffer (part of a save)
@@ -155,7 +158,8 @@ def _at_length(model: Model, n_tokens: int, cfg: Config, log: Any) -> LengthResu
     file_bytes = session.stat().st_size
     # Parts of save and restore that the floors do not have, timed alone to explain the ratios.
     copy_out, _ = median_time(
-        lambda: _timed(lambda: kvstate.read_state_into(model.llm, bytearray(state_bytes))), cfg.reps
+        lambda: _timed(lambda: kvstate.read_state_into(model.llm, np.empty(state_bytes, dtype=np.uint8).data)),
+        cfg.reps,
     )
     checksum, _ = median_time(lambda: _timed(lambda: xxhash.xxh3_64_hexdigest(data)), cfg.reps)
     data = b""  # let the copy go before the restore measures
@@ -231,11 +235,13 @@ def _at_length(model: Model, n_tokens: int, cfg: Config, log: Any) -> LengthResu
         restore_samples=restore_samples,
         restore_floor=statistics.median(floor_samples),
         restore_floor_samples=floor_samples,
+        restore_ratio=statistics.median(a / b for a, b in pairs),
         restore_cold=restore_cold,
         restore_floor_cold=floor_cold,
         save=save,
         save_samples=save_samples,
         save_floor=save_floor,
+        save_ratio=statistics.median(a / b for a, b in save_pairs),
         file_bytes=file_bytes,
         state_bytes=state_bytes,
         copy_out=copy_out,
@@ -257,33 +263,30 @@ def _slug(model: Model) -> str:
 
 
 def _autosave_share(model: Model, session: Path, cfg: Config) -> dict[str, Any]:
-    """One turn with autosave on: the save's share of the turn's wall time."""
-    release(model)
+    """Turns with autosave on, each from the same saved history: the save's share of the turn's wall time."""
     target = cfg.workdir / "autosave.lmsession"
-    conv = Conversation.restore(model, session, autosave=target)
-    marks: dict[str, float] = {}
+    runs = []
+    for _ in range(max(1, cfg.gen_reps)):
+        release(model)
+        conv = Conversation.restore(model, session, autosave=target)
+        marks: dict[str, float] = {}
 
-    def mark(event: ConversationEvent) -> None:
-        if event.kind in ("turn_finished", "saved", "save_failed"):
-            marks[event.kind] = time.perf_counter()
+        def mark(event: ConversationEvent, marks: dict[str, float] = marks) -> None:
+            if event.kind in ("turn_finished", "saved", "save_failed"):
+                marks[event.kind] = time.perf_counter()
 
-    conv.subscribe(mark)
-    start = time.perf_counter()
-    result = conv.submit(GEN_PROMPT, temperature=0.0, max_tokens=cfg.gen_tokens)
-    end = time.perf_counter()
-    if "saved" not in marks:
-        raise RuntimeError(f"the autosave did not happen: {conv.last_save_error}")
-    save = marks["saved"] - marks["turn_finished"]
-    turn = end - start
+        conv.subscribe(mark)
+        start = time.perf_counter()
+        result = conv.submit(GEN_PROMPT, temperature=0.0, max_tokens=cfg.gen_tokens)
+        end = time.perf_counter()
+        if "saved" not in marks:
+            raise RuntimeError(f"the autosave did not happen: {conv.last_save_error}")
+        save = marks["saved"] - marks["turn_finished"]
+        runs.append((save / (end - start), save, end - start, result.generated_tokens, conv.info.token_count))
     target.unlink()
     release(model)
-    return {
-        "tokens": conv.info.token_count,
-        "generated_tokens": result.generated_tokens,
-        "turn_seconds": turn,
-        "save_seconds": save,
-        "share": save / turn,
-    }
+    share, save, turn, generated, tokens = sorted(runs)[len(runs) // 2]  # the median turn
+    return {"tokens": tokens, "generated_tokens": generated, "turn_seconds": turn, "save_seconds": save, "share": share}
 
 
 def _generation(model: Model, cfg: Config) -> dict[str, Any]:

@@ -90,8 +90,9 @@ def rows_for(res: ModelResult, targets_at: dict[str, int]) -> list[Row]:
             f"{_ms(lr.resume_next)} of the {_ms(lr.resume)} is evaluating the next message ({lr.next_tokens} tokens) "
             f"against {lr.tokens:,} tokens of context and decoding its first token, which a re-prefill does as well; "
             f"the restore part ({_ms(lr.resume_restore)}) is {lr.reprefill_restore / lr.resume_restore:.0f}× faster "
-            "than the re-prefill. With attention dominating, evaluating k new tokens at context n costs about "
-            "2k/n of a re-prefill of n, so no restore can beat n/(2k) here",
+            "than the re-prefill, while the next message alone caps the ratio at "
+            f"{lr.reprefill_restore / lr.resume_next:.0f}× (evaluating k new tokens at context n costs at least k/n "
+            "of a re-prefill of n tokens, up to 2k/n where attention dominates)",
         )
         add(
             "Resume breakdown: restore part vs re-prefill",
@@ -132,7 +133,7 @@ def rows_for(res: ModelResult, targets_at: dict[str, int]) -> list[Row]:
             h,
             _ms(lr.restore),
             _ms(lr.restore_floor),
-            lr.restore / lr.restore_floor,
+            lr.restore_ratio,
             "{:.2f}×",
             "≤ 1.5×",
             lambda r: r <= 1.5,
@@ -170,7 +171,7 @@ def rows_for(res: ModelResult, targets_at: dict[str, int]) -> list[Row]:
             h,
             _ms(lr.save),
             _ms(lr.save_floor),
-            lr.save / lr.save_floor,
+            lr.save_ratio,
             "{:.2f}×",
             "≤ 1.5×",
             lambda r: r <= 1.5,

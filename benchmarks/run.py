@@ -115,14 +115,15 @@ def _notes(cfg: Config, smoke: bool) -> list[str]:
         "**Restore I/O** = `Conversation.restore` alone, every check included (header and section xxh3 checksums, "
         "model fingerprint, token range, and the logits check for sliding-window models under `verify='auto'`), "
         "against the floor: `mmap` of a file holding only the raw `llama_state_seq_get_data` bytes and "
-        "`llama_state_seq_set_data` from the map, then unmap. Warm and floor runs are interleaved. Cold: the file is dropped "
+        "`llama_state_seq_set_data` from the map, then unmap. Warm and floor runs are interleaved in pairs; the ratio is the median of the pairs' ratios. Cold: the file is dropped "
         "from the page cache with `posix_fadvise(POSIX_FADV_DONTNEED)` first (per file, so the model file and "
         "other users' cache stay warm; `drop_caches` would also evict the model).",
         "**Save** = `Conversation.save(path)` (KV copied out of llama.cpp, checksummed, written to a temp file, "
         "fsynced, renamed, folder fsynced) against `write` + `fsync` of the same number of bytes from memory. The "
         "first save after a rewind is not counted (it decodes the last token again for the verification logits). "
-        "**Autosave share** = one turn with `autosave=` on, answering a question greedily: the time between the "
-        "`turn_finished` and `saved` events over the turn's wall time.",
+        "**Autosave share** = turns with `autosave=` on, answering a question greedily: the time between the "
+        "`turn_finished` and `saved` events over the turn's wall time (the median of "
+        f"{cfg.gen_reps} turns, each from the same saved history).",
         "**Memory** = in a fresh process per model that loads the model first: `/proc/self/clear_refs` (5) resets "
         "VmHWM just before the operation; peak VmHWM minus VmRSS at that moment, over the KV state size, after one "
         "unmeasured restore and save (code pages and llama.cpp's compute buffers are touched once per process). "
