@@ -47,6 +47,16 @@ ROOT = Path(__file__).resolve().parents[2]
 Contents = list[tuple[str, str]]
 
 
+@pytest.fixture(autouse=True)
+def _ctrl_c_as_in_a_terminal() -> Any:
+    """Python's own SIGINT handler, whatever this process inherited: a shell that starts a job in
+    the background without job control (``cmd &`` in a script) makes it ignore SIGINT, and Python
+    then keeps SIG_IGN. The kernel and an interactive Python have the default handler."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(scope="module")
 def chat_model(smollm_path: Path) -> Model:
     """Small batches, so that a prompt is evaluated in several steps an interrupt can fall between."""
