@@ -8,6 +8,7 @@ decodes on top of a cache it misunderstands.
 from __future__ import annotations
 
 import ctypes
+import weakref
 from collections.abc import Sequence
 
 import llama_cpp
@@ -21,11 +22,18 @@ __all__ = [
     "truncate",
     "clear",
     "last_logits_top",
+    "eval_keeping_first_logits",
+    "logits_agree",
     "is_eog",
 ]
 
 SEQ = 0
 _TOP_BLOCK = 16384
+
+#: Contexts whose KV buffers may hold bytes that came from outside (a session's KV state) since they
+#: were last zeroed. A context starts zeroed (llama.cpp clears its buffers when it creates them) and
+#: only states loaded with :func:`load_state` can bring non-finite values into it.
+_LOADED_SINCE_ZEROED: weakref.WeakSet[llama_cpp.Llama] = weakref.WeakSet()
 
 
 def state_size(llm: llama_cpp.Llama) -> int:
@@ -52,6 +60,7 @@ def load_state(llm: llama_cpp.Llama, address: int, size: int, tokens: Sequence[i
     cache is cleared, so a failed load never leaves half a state behind.
     """
     src = ctypes.cast(ctypes.c_void_p(address), ctypes.POINTER(ctypes.c_uint8))
+    _LOADED_SINCE_ZEROED.add(llm)
     read = int(llama_cpp.llama_state_seq_set_data(llm.ctx, src, size, SEQ))
     if read != size or not _holds(llm, len(tokens)):
         clear(llm)
@@ -103,22 +112,54 @@ def truncate(llm: llama_cpp.Llama, n_tokens: int) -> bool:
 
 
 def clear(llm: llama_cpp.Llama) -> None:
-    """Empty the cache and zero its buffers.
+    """Empty the cache; zero its buffers if a loaded state may have left foreign bytes in them.
 
     Emptied cells are masked out but still read: attention without flash-attn multiplies them by
-    a weight of 0, and 0 x NaN is NaN. One state with non-finite values (a forged session, an f16
-    overflow) would otherwise poison every later evaluation on this model. Zeroing costs about
-    10 ms for an 8k context of a small model.
+    a weight of 0, and 0 x NaN is NaN. One loaded state with non-finite values (a forged session)
+    would otherwise poison every later evaluation on this model. Zeroing costs about 10 ms for an
+    8k context of a small model, so it is done only when a state was loaded since the last time:
+    the cells of a fresh context, and those this process evaluated itself, are finite.
     """
     memory = llm._ctx.memory
     if memory is not None:
-        llama_cpp.llama_memory_clear(memory, True)
+        zero = llm in _LOADED_SINCE_ZEROED
+        llama_cpp.llama_memory_clear(memory, zero)
+        if zero:
+            _LOADED_SINCE_ZEROED.discard(llm)
     llm.n_tokens = 0
 
 
 def last_logits_top(llm: llama_cpp.Llama, k: int = 8) -> list[tuple[int, float]]:
     """The ``k`` best (token, logit) pairs of the last decoded position, best first."""
-    ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    return _logits_top(llm, -1, k)
+
+
+def eval_keeping_first_logits(llm: llama_cpp.Llama, tokens: Sequence[int], k: int = 8) -> list[tuple[int, float]]:
+    """Decode ``tokens`` (one batch, at most ``n_batch``) as ``Llama.eval`` does, and return the ``k`` best
+    logits of the *first* one as well: one pass both checks a restored last token and evaluates what follows.
+    """
+    if not 0 < len(tokens) <= llm.n_batch:
+        raise ValueError(f"one batch of 1 to {llm.n_batch} tokens, not {len(tokens)}")
+    n_past = llm.n_tokens
+    llm._ctx.kv_cache_seq_rm(-1, n_past, -1)
+    llm._batch.set_batch(batch=list(tokens), n_past=n_past, logits_all=False)
+    llm._batch.batch.logits[0] = True
+    llm._ctx.decode(llm._batch)
+    llm.input_ids[n_past : n_past + len(tokens)] = tokens
+    llm.n_tokens += len(tokens)
+    return _logits_top(llm, 0, k)
+
+
+def logits_agree(now: Sequence[tuple[int, float]], saved: Sequence[tuple[int, float]]) -> bool:
+    """Same best token, and every best logit within 0.05 + 1% of the saved value where both have it."""
+    if not now or not saved or now[0][0] != saved[0][0]:
+        return False
+    saved_map = dict(saved)
+    return all(abs(v - saved_map[t]) <= 0.05 + 0.01 * abs(v) for t, v in now if t in saved_map)
+
+
+def _logits_top(llm: llama_cpp.Llama, index: int, k: int) -> list[tuple[int, float]]:
+    ptr = llama_cpp.llama_get_logits_ith(llm.ctx, index)
     logits = np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),))
     # Block by block: one argpartition over the whole vocabulary allocates an 8-byte index per
     # token (2 MB for Gemma's 262k) on every save and checked restore, which shows in their peak memory.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import math
 import mmap
 import os
 import time
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from .conversation import Conversation, Progress
     from .models import Model
 
-__all__ = ["session_chunks", "read_session", "compare_fingerprints", "VERIFY_MODES"]
+__all__ = ["session_chunks", "read_session", "compare_fingerprints", "saved_top_logits", "VERIFY_MODES"]
 
 VERIFY_MODES = ("auto", "always", "never")
 _TOP_K = 8
@@ -71,6 +72,9 @@ def _fresh_top_logits(conv: Conversation) -> list[list[float]] | None:
     tokens = conv._state.tokens
     if not tokens:
         return None
+    if conv._pending_check is not None:
+        # A restored state not checked yet is saved as it was loaded: with the logits it came with.
+        return [[t, v] for t, v in conv._pending_check]
     if not conv._logits_fresh:
         if not kvstate.truncate(llm, len(tokens) - 1):
             conv._repair()  # the cache may be cut already: make it agree with the conversation again
@@ -185,9 +189,14 @@ def _restore_from_buffer(
         if loaded:
             conv._state = state
             conv._logits_fresh = False
-            if _needs_verify(verify, model) and not _verified(conv, parsed.header.get("verify")):
-                note = "session tokens (the restored KV state did not verify, so they were evaluated again)"
-                loaded = False
+            if _needs_verify(verify, model):
+                check = saved_top_logits(parsed.header.get("verify"))
+                if check is None:
+                    note = "session tokens (the session has no logits to verify its KV state against, so they were evaluated again)"
+                    loaded = False
+                else:
+                    # Checked by the next evaluation, in the same batch: no decode of its own here.
+                    conv._pending_check = check
         elif use_kv:
             note = "session tokens (llama.cpp refused the saved KV state, so they were evaluated again)"
         else:
@@ -275,22 +284,14 @@ def _needs_verify(mode: str, model: Model) -> bool:
     return mode == "always" or (mode == "auto" and model.n_swa > 0)
 
 
-def _verified(conv: Conversation, saved: object) -> bool:
-    """Re-decode the last token and compare its best logits with those stored at save time."""
+def saved_top_logits(saved: object) -> list[tuple[int, float]] | None:
+    """The (token, logit) pairs stored at save time, or None where the header has none that make sense."""
     if not isinstance(saved, list) or not saved:
-        return False
-    llm = conv.model.llm
-    tokens = conv._state.tokens
-    if not kvstate.truncate(llm, len(tokens) - 1):
-        return False
-    llm.eval([tokens[-1]])
-    conv._logits_fresh = True
-    now = kvstate.last_logits_top(llm, _TOP_K)
+        return None
     try:
-        saved_top = [(int(t), float(v)) for t, v in saved]
+        pairs = [(int(t), float(v)) for t, v in saved]
     except (TypeError, ValueError):
-        return False
-    if now[0][0] != saved_top[0][0]:
-        return False
-    saved_map = dict(saved_top)
-    return all(abs(v - saved_map[t]) <= 0.05 + 0.01 * abs(v) for t, v in now if t in saved_map)
+        return None
+    if not all(math.isfinite(v) for _, v in pairs):
+        return None
+    return pairs

@@ -204,3 +204,34 @@ def test_a_poisoned_cache_does_not_outlive_its_conversation(
     fresh = Conversation(model, system="You are terse.")
     fresh.history.messages.extend(ChatHistory.from_bytes(layout.section("history")).messages[1:])
     assert next_answer(fresh) == expected
+
+
+def test_a_restored_state_is_checked_by_its_first_evaluation(
+    model: Model, saved: tuple[Conversation, bytes, Layout]
+) -> None:
+    """``verify`` re-decodes the last restored token inside the next turn's first batch, not on its own.
+
+    A state whose saved logits agree goes on from the KV bytes; one whose logits disagree (here the
+    stored logits lie) is evaluated again before that turn answers, and says so. Either way the answer
+    is that of the saved tokens evaluated afresh, and the cache agrees with the conversation.
+    """
+    _, blob, layout = saved
+    expected = next_answer(Conversation.restore(model, blob, use_kv=False))
+
+    checked = Conversation.restore(model, blob, verify="always")
+    assert checked.restored_from is not None and checked.restored_from.startswith("full session")
+    assert next_answer(checked) == expected
+    assert checked.last_result is not None and checked.last_result.cached_tokens > 0
+    assert checked.restored_from.startswith("full session") and cache_agrees(checked)
+
+    verify = layout.header["verify"]
+    lying = [[verify[1][0], verify[0][1]], [verify[0][0], verify[1][1]], *verify[2:]]  # best two swapped
+    forged = Conversation.restore(model, reseal(layout, {}, {"verify": lying}), verify="always")
+    assert forged.restored_from is not None and forged.restored_from.startswith("full session")
+    assert next_answer(forged) == expected
+    assert "did not verify" in forged.restored_from and cache_agrees(forged)
+
+    # Saved again before any turn, a restored state keeps the logits it came with (never its own).
+    again = Conversation.restore(model, reseal(layout, {}, {"verify": lying}), verify="always")
+    resaved = again.save()
+    assert resaved is not None and split(resaved).header["verify"] == lying
