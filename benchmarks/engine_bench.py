@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import llama_cpp
 import numpy as np
 import xxhash
 
@@ -47,8 +48,7 @@ class LengthResult:
     resume_restore: float  # the restore part of the resume
     resume_next: float  # the rest: evaluating the next message and its first token
     next_tokens: int  # tokens the next message added (evaluated by every strategy)
-    reprefill_restore: float  # Conversation.restore(use_kv=False) to first token
-    reprefill_history: float  # Conversation.from_history to first token
+    reprefill: float  # Conversation.from_history (the history evaluated again) to first token
     restore: float
     restore_samples: list[float]
     restore_floor: float
@@ -66,7 +66,6 @@ class LengthResult:
     checksum: float  # xxh3 over the whole file in memory (part of both save and restore)
     session: Path
     history: ChatHistory = field(repr=False)
-    restore_never_verify: float | None = None  # only for models that verify by default
 
 
 @dataclass
@@ -80,7 +79,7 @@ class ModelResult:
     load_seconds: float
     n_swa: int
     n_ctx: int
-    clear_seconds: float = 0.0  # kvstate.clear: empties the cache and zeroes its whole n_ctx buffer
+    zero_seconds: float = 0.0  # zeroing the whole n_ctx KV buffer (a clear after a loaded state does it)
     cold_start: float = 0.0
     cold_start_samples: list[float] = field(default_factory=list)
     lengths: list[LengthResult] = field(default_factory=list)
@@ -104,7 +103,7 @@ def bench_model(label: str, spec: str | None, cfg: Config, log: Any = print) -> 
         n_ctx=model.n_ctx,
     )
     model.sha256  # noqa: B018  hashed once per process and cached, as in a kernel
-    res.clear_seconds, _ = median_time(lambda: _timed(lambda: kvstate.clear(model.llm)), cfg.reps)
+    res.zero_seconds, _ = median_time(lambda: _timed(lambda: _zero_kv(model)), cfg.reps)
     res.cold_start, res.cold_start_samples = median_time(lambda: _cold_start(model), cfg.reps)
     log(f"  cold start (no history): {res.cold_start * 1e3:.0f} ms")
     res.generation = _generation(model, cfg)
@@ -120,6 +119,10 @@ def bench_model(label: str, spec: str | None, cfg: Config, log: Any = print) -> 
             log(f"  autosave at {lr.tokens} tokens: {res.autosave['share'] * 100:.1f}% of the turn")
     res.small = _small_sessions(spec, cfg, res, log)
     return res
+
+
+def _zero_kv(model: Model) -> None:
+    llama_cpp.llama_memory_clear(model.llm._ctx.memory, True)
 
 
 def _cold_start(model: Model) -> float:
@@ -165,10 +168,10 @@ def _at_length(model: Model, n_tokens: int, cfg: Config, log: Any) -> LengthResu
     data = b""  # let the copy go before the restore measures
 
     # Restore alone (warm page cache), against mmap + llama_state_seq_set_data of the raw state.
-    def restore_once(verify: str = "auto") -> float:
+    def restore_once() -> float:
         release(model)
         start = time.perf_counter()
-        Conversation.restore(model, session, verify=verify)
+        Conversation.restore(model, session)
         return time.perf_counter() - start
 
     def floor_once() -> float:
@@ -181,9 +184,6 @@ def _at_length(model: Model, n_tokens: int, cfg: Config, log: Any) -> LengthResu
     pairs = [(restore_once(), floor_once()) for _ in range(max(1, cfg.reps))]
     restore_samples = [a for a, _ in pairs]
     floor_samples = [b for _, b in pairs]
-    never = None
-    if model.n_swa > 0:
-        never, _ = median_time(lambda: restore_once("never"), cfg.reps)
 
     # Cold page cache: the session file (or the raw state) is dropped from the cache first.
     evict(session)
@@ -209,15 +209,10 @@ def _at_length(model: Model, n_tokens: int, cfg: Config, log: Any) -> LengthResu
     resume, resume_samples = median_time(resume_once, cfg.reps)
     resume_cold = resume_once(cold=True)
 
-    # Re-prefill of the saved tokens (same tokens, KV bytes not used).
-    release(model)
-    start = time.perf_counter()
-    conv = Conversation.restore(model, session, use_kv=False)
-    reprefill_restore = first_token(conv) - start
     release(model)
     log(
         f"  {tokens} tokens: resume {resume * 1e3:.0f} ms (cold {resume_cold * 1e3:.0f} ms), "
-        f"re-prefill {reprefill_restore:.2f} s; restore {statistics.median(restore_samples) * 1e3:.1f} ms "
+        f"re-prefill {reprefill_history:.2f} s; restore {statistics.median(restore_samples) * 1e3:.1f} ms "
         f"vs floor {statistics.median(floor_samples) * 1e3:.1f} ms; save {save * 1e3:.0f} ms vs "
         f"{save_floor * 1e3:.0f} ms; {file_bytes / state_bytes:.4f}x state size"
     )
@@ -229,8 +224,7 @@ def _at_length(model: Model, n_tokens: int, cfg: Config, log: Any) -> LengthResu
         resume_restore=statistics.median(p[0] for p in parts),
         resume_next=statistics.median(p[1] for p in parts),
         next_tokens=parts[0][2],
-        reprefill_restore=reprefill_restore,
-        reprefill_history=reprefill_history,
+        reprefill=reprefill_history,
         restore=statistics.median(restore_samples),
         restore_samples=restore_samples,
         restore_floor=statistics.median(floor_samples),
@@ -248,7 +242,6 @@ def _at_length(model: Model, n_tokens: int, cfg: Config, log: Any) -> LengthResu
         checksum=checksum,
         session=session,
         history=history,
-        restore_never_verify=never,
     )
 
 
@@ -361,7 +354,7 @@ def _small_sessions(spec: str | None, cfg: Config, res: ModelResult, log: Any) -
         "f16_file_bytes": ref.file_bytes,
         "size_ratio": session.stat().st_size / ref.file_bytes,
         "reprefill": reprefill,
-        "f16_reprefill": ref.reprefill_history,
+        "f16_reprefill": ref.reprefill,
         "resume": resume,
         "f16_resume": ref.resume,
         "conversation_tps": gen["conversation_tps"],

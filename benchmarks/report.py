@@ -72,42 +72,33 @@ def rows_for(res: ModelResult, targets_at: dict[str, int]) -> list[Row]:
 
     for lr in res.lengths:
         h = _tokens(lr.tokens)
-        speedup = lr.reprefill_restore / lr.resume
         target, check = "", None
         if _near(lr, targets_at["2k"]):
             target, check = "≥ 50×", lambda r: r >= 50
         elif _near(lr, targets_at["8k"]):
             target, check = "≥ 200×", lambda r: r >= 200
         add(
-            "Resume vs re-prefill (restore, use_kv=False)",
+            "Resume vs re-prefill",
             h,
             _ms(lr.resume),
-            _ms(lr.reprefill_restore),
-            speedup,
+            _ms(lr.reprefill),
+            lr.reprefill / lr.resume,
             "{:.0f}× faster",
             target,
             check,
             f"{_ms(lr.resume_next)} of the {_ms(lr.resume)} is evaluating the next message ({lr.next_tokens} tokens) "
             f"against {lr.tokens:,} tokens of context and decoding its first token, which a re-prefill does as well; "
-            f"the restore part ({_ms(lr.resume_restore)}) is {lr.reprefill_restore / lr.resume_restore:.0f}× faster "
+            f"the restore part ({_ms(lr.resume_restore)}) is {lr.reprefill / lr.resume_restore:.0f}× faster "
             "than the re-prefill, while the next message alone caps the ratio at "
-            f"{lr.reprefill_restore / lr.resume_next:.0f}× (evaluating k new tokens at context n costs at least k/n "
+            f"{lr.reprefill / lr.resume_next:.0f}× (evaluating k new tokens at context n costs at least k/n "
             "of a re-prefill of n tokens, up to 2k/n where attention dominates)",
         )
         add(
             "Resume breakdown: restore part vs re-prefill",
             h,
             f"{_ms(lr.resume_restore)} + {_ms(lr.resume_next)} for the next message ({lr.next_tokens} tokens)",
-            _ms(lr.reprefill_restore),
-            lr.reprefill_restore / lr.resume_restore,
-            "{:.0f}× faster",
-        )
-        add(
-            "Resume vs re-prefill (from_history)",
-            h,
-            _ms(lr.resume),
-            _ms(lr.reprefill_history),
-            lr.reprefill_history / lr.resume,
+            _ms(lr.reprefill),
+            lr.reprefill / lr.resume_restore,
             "{:.0f}× faster",
         )
         add(
@@ -122,8 +113,8 @@ def rows_for(res: ModelResult, targets_at: dict[str, int]) -> list[Row]:
             "Resume, cold page cache",
             h,
             _ms(lr.resume_cold),
-            _ms(lr.reprefill_restore),
-            lr.reprefill_restore / lr.resume_cold,
+            _ms(lr.reprefill),
+            lr.reprefill / lr.resume_cold,
             "{:.0f}× faster",
         )
     for lr in res.lengths:
@@ -137,25 +128,9 @@ def rows_for(res: ModelResult, targets_at: dict[str, int]) -> list[Row]:
             "{:.2f}×",
             "≤ 1.5×",
             lambda r: r <= 1.5,
-            f"beyond the floor's work, a restore zeroes the whole KV buffer first ({_ms(res.clear_seconds)} at "
-            f"n_ctx={res.n_ctx:,}, whatever the history length), checks the file's xxh3 checksums "
-            f"({_ms(lr.checksum)})"
-            + (
-                f" and re-decodes the last token to check the logits ({_ms(lr.restore - lr.restore_never_verify)})"
-                if lr.restore_never_verify is not None
-                else ""
-            )
-            + "; the rest is parsing the history and the checks of tokens and fingerprint",
+            f"beyond the floor's work, a restore checks the file's xxh3 checksums ({_ms(lr.checksum)}), "
+            "parses the history and checks the tokens, the fingerprint and the positions the cache holds",
         )
-        if lr.restore_never_verify is not None:
-            add(
-                "Restore I/O, warm, verify='never'",
-                h,
-                _ms(lr.restore_never_verify),
-                _ms(lr.restore_floor),
-                lr.restore_never_verify / lr.restore_floor,
-                "{:.2f}×",
-            )
         add(
             "Restore I/O, cold cache (file evicted)",
             h,
@@ -313,13 +288,13 @@ def write_markdown(
         "",
         "## Models",
         "",
-        "| Model | File | Load | n_ctx | Sliding window | Zeroing the KV buffer |",
+        "| Model | File | Load | n_ctx | Sliding window | Zeroing the KV buffer (after a loaded state) |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for res in results:
         lines.append(
             f"| {res.label} ({res.name}) | `{Path(res.path).name}` | {_ms(res.load_seconds)} | {res.n_ctx:,} "
-            f"| {res.n_swa or '—'} | {_ms(res.clear_seconds)} |"
+            f"| {res.n_swa or '—'} | {_ms(res.zero_seconds)} |"
         )
     lines += [
         "",
@@ -367,8 +342,7 @@ def write_plot(path: Path, results: list[ModelResult]) -> None:
     for ax, res in zip(axes[0], results, strict=True):
         x = [lr.tokens for lr in res.lengths]
         series = [
-            ("re-prefill (from_history)", [lr.reprefill_history for lr in res.lengths], "tab:red", "s--"),
-            ("re-prefill (restore, use_kv=False)", [lr.reprefill_restore for lr in res.lengths], "tab:orange", "o-"),
+            ("re-prefill (from_history)", [lr.reprefill for lr in res.lengths], "tab:red", "s--"),
             ("lmchat resume, cold page cache", [lr.resume_cold for lr in res.lengths], "tab:cyan", "v--"),
             ("lmchat resume", [lr.resume for lr in res.lengths], "tab:blue", "o-"),
             (

@@ -109,11 +109,13 @@ def _notes(cfg: Config, smoke: bool) -> list[str]:
         "of history plus the next turn).",
         "**Resume** = `Conversation.restore(model, path)` start → first token of the next answer (a short question, "
         "greedy, `max_tokens=1`), with the model already loaded and no conversation owning its cache, as in a freshly "
-        "started kernel. **Re-prefill** = the same with `use_kv=False` (the saved tokens evaluated from scratch) and, "
-        "separately, `Conversation.from_history(model, history)`. **Cold start** = a new conversation with only the "
+        "started kernel; for a sliding-window model it includes the check of the restored state (its last token "
+        "re-decoded in the next message's batch). **Re-prefill** = `Conversation.from_history(model, history)` (the "
+        "history evaluated again, message by message) to the same first token. **Cold start** = a new conversation with only the "
         "system prompt, to its first token.",
         "**Restore I/O** = `Conversation.restore` alone, every check included (header and section xxh3 checksums, "
-        "model fingerprint, token range, and the logits check for sliding-window models under `verify='auto'`), "
+        "model fingerprint, the positions the loaded cache holds; the logits check of a sliding-window model is part "
+        "of the next evaluation, counted in Resume), "
         "against the floor: `mmap` of a file holding only the raw `llama_state_seq_get_data` bytes and "
         "`llama_state_seq_set_data` from the map, then unmap. Warm and floor runs are interleaved in pairs; the ratio is the median of the pairs' ratios. Cold: the file is dropped "
         "from the page cache with `posix_fadvise(POSIX_FADV_DONTNEED)` first (per file, so the model file and "

@@ -14,8 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ROWS = (
-    "Resume vs re-prefill (restore, use_kv=False)",
-    "Resume vs re-prefill (from_history)",
+    "Resume vs re-prefill",
     "Restore I/O, warm cache",
     "Restore I/O, cold cache",
     "Save (vs write + fsync)",
@@ -56,7 +55,7 @@ def test_benchmark_smoke_writes_table_plot_and_numbers(tmp_path: Path) -> None:
     (length,) = model["lengths"]
     assert length["tokens"] > 0
     assert 1.0 <= length["file_bytes"] / length["state_bytes"] < 1.5
-    for key in ("resume", "reprefill_restore", "reprefill_history", "restore", "restore_floor", "save", "save_floor"):
+    for key in ("resume", "reprefill", "restore", "restore_floor", "save", "save_floor"):
         assert length[key] > 0, key
     assert model["kernel"]["rerun"]["replayed_cells"] == 2
     # The scratch folder (sessions, raw states, kernels' notebooks) is gone.
