@@ -7,6 +7,7 @@ untrusted: types, sizes and counts are checked and anything off raises :class:`H
 from __future__ import annotations
 
 import json
+import math
 import os
 import uuid
 from collections.abc import Iterator
@@ -67,16 +68,31 @@ class Message:
             raise HistoryFormatError(
                 f"{where} holds {len(content):,} characters, over the limit of {LIMITS['max_content_chars']:,}"
             )
+        _check_unicode(content, where, "content")
         msg_id = _optional_id(data.get("id"), where, "id") or new_id()
         cell_id = _optional_id(data.get("cell_id"), where, "cell_id")
         meta = data.get("meta", {})
         if not isinstance(meta, dict) or not all(_is_plain(v) for v in meta.values()):
             raise HistoryFormatError(f"{where} has a 'meta' that is not an object of plain values")
+        for key, value in meta.items():
+            _check_unicode(key, where, "meta")
+            if isinstance(value, str):
+                _check_unicode(value, where, "meta")
         return cls(role=role, content=content, id=msg_id, cell_id=cell_id, meta=dict(meta))
 
 
 def _is_plain(value: object) -> bool:
-    return value is None or isinstance(value, (bool, int, float)) or (isinstance(value, str) and len(value) < 1000)
+    if isinstance(value, float):
+        return math.isfinite(value)  # NaN and infinity are not JSON: the frontend could not take them
+    return value is None or isinstance(value, (bool, int)) or (isinstance(value, str) and len(value) < 1000)
+
+
+def _check_unicode(text: str, where: str, name: str) -> None:
+    """JSON can carry lone surrogates (``"\\ud800"``), which no UTF-8 file, tokenizer or frontend accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise HistoryFormatError(f"{where}: '{name}' is not valid Unicode text (it holds a lone surrogate)") from None
 
 
 def _optional_id(value: object, where: str, name: str) -> str | None:
@@ -86,6 +102,7 @@ def _optional_id(value: object, where: str, name: str) -> str | None:
         raise HistoryFormatError(f"{where}: '{name}' must be a non-empty string of at most {LIMITS['max_id_chars']}")
     if any(ord(c) < 32 for c in value):
         raise HistoryFormatError(f"{where}: '{name}' contains control characters")
+    _check_unicode(value, where, name)
     return value
 
 

@@ -77,24 +77,32 @@ def parse_metadata(value: object) -> list[EmbeddedChat]:
         return []
     if not isinstance(value, dict):
         raise HistoryFormatError(f"notebook metadata 'lmchat' must be an object, not {type(value).__name__}")
-    size = len(json.dumps(value, ensure_ascii=False).encode())
+    try:
+        size = len(json.dumps(value, ensure_ascii=False).encode())
+    except UnicodeEncodeError:
+        raise HistoryFormatError(
+            "notebook metadata 'lmchat' is not valid Unicode text (it holds a lone surrogate)"
+        ) from None
+    except (ValueError, TypeError, RecursionError):
+        raise HistoryFormatError("notebook metadata 'lmchat' is not plain JSON") from None
     if size > MAX_METADATA_BYTES:
         raise HistoryFormatError(f"notebook metadata 'lmchat' is {size:,} bytes, over the {MAX_METADATA_BYTES:,} limit")
-    if value.get("format") != METADATA_FORMAT:
-        raise HistoryFormatError(
-            f"notebook metadata 'lmchat' has format {value.get('format')!r}; this lmchat reads {METADATA_FORMAT}"
-        )
+    fmt = value.get("format")
+    if type(fmt) is not int or fmt != METADATA_FORMAT:  # not True, not 1.0
+        raise HistoryFormatError(f"notebook metadata 'lmchat' has format {fmt!r}; this lmchat reads {METADATA_FORMAT}")
     conversations = value.get("conversations")
     if not isinstance(conversations, dict):
         raise HistoryFormatError("notebook metadata 'lmchat' has no 'conversations' object")
     if len(conversations) > MAX_CONVERSATIONS:
         raise HistoryFormatError(f"notebook metadata 'lmchat' has over {MAX_CONVERSATIONS} conversations")
-    found = []
+    found: list[EmbeddedChat] = []
     for raw_name, entry in conversations.items():
         try:
             name = check_name(raw_name)
         except LmchatError as exc:
             raise HistoryFormatError(f"notebook metadata: {exc}") from None
+        if any(chat.name == name for chat in found):  # two spellings of one name (NFC and NFD)
+            raise HistoryFormatError(f"notebook metadata names the conversation {name!r} twice")
         if not isinstance(entry, dict):
             raise HistoryFormatError(f"notebook metadata: conversation {name!r} is not an object")
         history = ChatHistory.from_json(
@@ -114,7 +122,7 @@ def read_notebook_metadata(path: Path) -> object:
         if not path.is_file() or path.stat().st_size > MAX_NOTEBOOK_BYTES:
             return None
         notebook = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested too deeply to decode
         return None
     metadata = notebook.get("metadata") if isinstance(notebook, dict) else None
     return metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
