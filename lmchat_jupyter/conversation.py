@@ -98,8 +98,7 @@ class Conversation:
         self._state = EngineState()
         self._parked_kv: bytes | None = None
         self._logits_fresh = False
-        #: The best logits saved with a restored KV state that still has to be checked: the next
-        #: evaluation re-decodes the last restored token in its own batch and compares them.
+        #: The best logits saved with a restored KV state that still has to be checked (at its first use).
         self._pending_check: list[tuple[int, float]] | None = None
         self._turn_lock = threading.Lock()
         self._stop = threading.Event()
@@ -261,6 +260,8 @@ class Conversation:
                     total_seconds=end - start,
                     finish_reason=finish,
                 )
+                if finish in ("stop", "length", "stopped"):
+                    self._evaluate_next_opening()
                 self._emit("message_added", answer)
                 self._emit("turn_finished", answer)
                 self._turns_since_save += 1
@@ -345,8 +346,8 @@ class Conversation:
         """Make the cache hold ``target``'s tokens; returns how many tokens were evaluated."""
         state = self._state
         llm = self.model.llm
-        if self._pending_check is not None and not (evaluate and target.startswith(state.text)):
-            self._check_restored(progress)  # the cache is about to be cut: check what it holds first
+        if self._pending_check is not None:
+            self._check_restored(progress)
             state = self._state
         if not target.startswith(state.text):
             text_len, n_tok = max(
@@ -361,9 +362,6 @@ class Conversation:
             return 0
         new_text = target[len(state.text) :]
         new_tokens = self._renderer.tokenize(new_text)
-        if self._pending_check is not None and not new_tokens:
-            self._check_restored(progress)
-            state = self._state
         if not new_tokens and not self._logits_fresh and state.tokens:
             # Sampling needs the last position's logits: decode the last token again.
             if kvstate.truncate(llm, len(state.tokens) - 1):
@@ -382,18 +380,53 @@ class Conversation:
                 f"{self.model.n_ctx:,}. Rewind or clear it, load the model with a larger n_ctx, or use "
                 "context_policy='drop_oldest'"
             )
-        if self._pending_check is not None:
-            self._eval_checking_restored(new_tokens, progress)
-            state = self._state
-        else:
-            self._eval(new_tokens, progress)
+        self._eval(new_tokens, progress)
         state.text += new_text
         state.mark()
         self.history.token_count = len(state.tokens)
         return len(new_tokens)
 
+    def _evaluate_next_opening(self) -> None:
+        """Evaluate the template text that opens the next user message (end of turn, user header) now.
+
+        The next turn then evaluates only the message itself: its first token comes sooner, after a
+        restore too, since saves include these tokens. A rewind or regeneration cuts them off again
+        at the answer's checkpoint. Ctrl-C during this stays held back until the turn's end.
+        """
+        state = self._state
+        try:
+            opening = self._renderer.next_user_opening(self.history.as_chat_messages())
+        except LmchatError:
+            return
+        if not opening.startswith(state.text) or len(opening) == len(state.text):
+            return
+        tokens = self._renderer.tokenize(opening[len(state.text) :])
+        llm = self.model.llm
+        if not tokens or len(tokens) > llm.n_batch or len(state.tokens) + len(tokens) + 1 >= self.model.n_ctx:
+            return
+        try:
+            # The last token alone: the logits a save stores are then those a restore's check
+            # reproduces, decoding that token first in a batch (batch layouts move Gemma's logits).
+            if len(tokens) > 1:
+                llm.eval(tokens[:-1])
+            llm.eval(tokens[-1:])
+        except RuntimeError:
+            self._repair()  # back to the answer's end
+            return
+        state.tokens.extend(tokens)
+        state.text = opening
+        state.mark()
+        self._logits_fresh = True
+        self.history.token_count = len(state.tokens)
+
     def _check_restored(self, progress: Progress | None) -> None:
-        """Check a restored state now, with a decode of its last token; evaluate its tokens again if it fails."""
+        """Check a restored state at its first use: re-decode its last token alone, as it was decoded
+        when the logits saved with it were taken, and compare; evaluate its tokens again if they differ.
+
+        Done here rather than in the restore, so that a restore is only I/O and a conversation that is
+        never continued costs no decode (45 ms for Gemma 3 270M here). Alone, not as the first token of
+        the next message's batch: other batch layouts move Gemma's logits by up to 0.3, past the tolerance.
+        """
         check, self._pending_check = self._pending_check, None
         if check is None or not self._state.tokens:
             return
@@ -406,39 +439,6 @@ class Conversation:
             ok = kvstate.logits_agree(kvstate.last_logits_top(llm, len(check)), check)
         if not ok:
             self._restored_state_failed(progress)
-
-    def _eval_checking_restored(self, new_tokens: list[int], progress: Progress | None) -> None:
-        """Evaluate ``new_tokens`` after the restored last token, re-decoded in the same first batch.
-
-        Its logits are compared with those saved with the session: a restored state is checked at
-        the cost of one more token in a batch the next turn evaluates anyway (a decode of its own
-        costs a whole pass over the model, 45 ms for Gemma 3 270M here).
-        """
-        interrupts.checkpoint()
-        check, self._pending_check = self._pending_check, None
-        assert check is not None
-        llm = self.model.llm
-        state = self._state
-        n = len(state.tokens)
-        if kvstate.truncate(llm, n - 1):
-            first = new_tokens[: max(1, llm.n_batch) - 1]
-            try:
-                top = kvstate.eval_keeping_first_logits(llm, [state.tokens[-1], *first], len(check))
-            except BaseException:
-                self._repair()
-                raise
-            self._logits_fresh = True
-            if kvstate.logits_agree(top, check):
-                state.tokens.extend(first)
-                try:
-                    self._eval(new_tokens[len(first) :], progress)
-                except BaseException:
-                    del state.tokens[n:]
-                    self._repair()
-                    raise
-                return
-        self._restored_state_failed(progress)
-        self._eval(new_tokens, progress)
 
     def _restored_state_failed(self, progress: Progress | None) -> None:
         """The restored KV state did not reproduce its saved logits: evaluate its tokens again."""

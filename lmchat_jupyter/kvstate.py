@@ -22,7 +22,6 @@ __all__ = [
     "truncate",
     "clear",
     "last_logits_top",
-    "eval_keeping_first_logits",
     "logits_agree",
     "is_eog",
 ]
@@ -132,22 +131,6 @@ def clear(llm: llama_cpp.Llama) -> None:
 def last_logits_top(llm: llama_cpp.Llama, k: int = 8) -> list[tuple[int, float]]:
     """The ``k`` best (token, logit) pairs of the last decoded position, best first."""
     return _logits_top(llm, -1, k)
-
-
-def eval_keeping_first_logits(llm: llama_cpp.Llama, tokens: Sequence[int], k: int = 8) -> list[tuple[int, float]]:
-    """Decode ``tokens`` (one batch, at most ``n_batch``) as ``Llama.eval`` does, and return the ``k`` best
-    logits of the *first* one as well: one pass both checks a restored last token and evaluates what follows.
-    """
-    if not 0 < len(tokens) <= llm.n_batch:
-        raise ValueError(f"one batch of 1 to {llm.n_batch} tokens, not {len(tokens)}")
-    n_past = llm.n_tokens
-    llm._ctx.kv_cache_seq_rm(-1, n_past, -1)
-    llm._batch.set_batch(batch=list(tokens), n_past=n_past, logits_all=False)
-    llm._batch.batch.logits[0] = True
-    llm._ctx.decode(llm._batch)
-    llm.input_ids[n_past : n_past + len(tokens)] = tokens
-    llm.n_tokens += len(tokens)
-    return _logits_top(llm, 0, k)
 
 
 def logits_agree(now: Sequence[tuple[int, float]], saved: Sequence[tuple[int, float]]) -> bool:

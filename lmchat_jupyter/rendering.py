@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ChatRenderer"]
 
+_PLACEHOLDER = "\ufff0lmchat-next-message\ufff0"
+
 
 class ChatRenderer:
     """The model's Jinja chat template, rendered the way llama-cpp-python's chat completion does."""
@@ -32,6 +34,16 @@ class ChatRenderer:
             return formatter(messages=messages).prompt  # type: ignore[arg-type]
         except Exception as exc:
             raise LmchatError(f"the chat template of {self.model.name} refused these messages: {exc}") from None
+
+    def next_user_opening(self, messages: list[dict[str, str]]) -> str:
+        """The rendered text up to where the next user message's own words would start.
+
+        Whatever the user writes next, the template puts the same text before it (the end of the
+        answer's turn, then the user header): it can be evaluated before the message exists.
+        """
+        rendered = self.render([*messages, {"role": "user", "content": _PLACEHOLDER}], True)
+        at = rendered.find(_PLACEHOLDER)
+        return rendered[:at] if at >= 0 else ""
 
     def tokenize(self, text: str) -> list[int]:
         """Tokens of ``text`` with special tokens parsed and no BOS added (the template writes its own)."""

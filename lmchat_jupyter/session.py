@@ -195,7 +195,7 @@ def _restore_from_buffer(
                     note = "session tokens (the session has no logits to verify its KV state against, so they were evaluated again)"
                     loaded = False
                 else:
-                    # Checked by the next evaluation, in the same batch: no decode of its own here.
+                    # Checked at its first use (Conversation._check_restored), not here.
                     conv._pending_check = check
         elif use_kv:
             note = "session tokens (llama.cpp refused the saved KV state, so they were evaluated again)"

@@ -209,10 +209,10 @@ def test_a_poisoned_cache_does_not_outlive_its_conversation(
 def test_a_restored_state_is_checked_by_its_first_evaluation(
     model: Model, saved: tuple[Conversation, bytes, Layout]
 ) -> None:
-    """``verify`` re-decodes the last restored token inside the next turn's first batch, not on its own.
+    """``verify`` re-decodes the last restored token at the state's first use, not during the restore.
 
     A state whose saved logits agree goes on from the KV bytes; one whose logits disagree (here the
-    stored logits lie) is evaluated again before that turn answers, and says so. Either way the answer
+    stored logits lie) is evaluated again before the next turn answers, and says so. Either way the answer
     is that of the saved tokens evaluated afresh, and the cache agrees with the conversation.
     """
     _, blob, layout = saved
