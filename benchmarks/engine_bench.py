@@ -10,9 +10,8 @@ from typing import Any
 
 import llama_cpp
 import numpy as np
-import xxhash
 
-from lmchat_jupyter import ChatHistory, Conversation, ConversationEvent, Model, kvstate, load_model
+from lmchat_jupyter import ChatHistory, Conversation, ConversationEvent, Model, kvstate, load_model, session_format
 
 from .bare import bare_chat_completion
 from .floors import floor_restore, floor_write, write_raw_state
@@ -63,7 +62,7 @@ class LengthResult:
     file_bytes: int
     state_bytes: int
     copy_out: float  # llama_state_seq_get_data into a new buffer (part of a save)
-    checksum: float  # xxh3 over the whole file in memory (part of both save and restore)
+    checksum: float  # session_format.parse of the file in memory: every xxh3 check (part of save and restore)
     session: Path
     history: ChatHistory = field(repr=False)
 
@@ -121,6 +120,12 @@ def bench_model(label: str, spec: str | None, cfg: Config, log: Any = print) -> 
     return res
 
 
+def _parse(data: bytes) -> None:
+    parsed = session_format.parse(memoryview(data), "benchmark")
+    for view in parsed.sections.values():
+        view.release()
+
+
 def _zero_kv(model: Model) -> None:
     llama_cpp.llama_memory_clear(model.llm._ctx.memory, True)
 
@@ -164,7 +169,7 @@ def _at_length(model: Model, n_tokens: int, cfg: Config, log: Any) -> LengthResu
         lambda: _timed(lambda: kvstate.read_state_into(model.llm, np.empty(state_bytes, dtype=np.uint8).data)),
         cfg.reps,
     )
-    checksum, _ = median_time(lambda: _timed(lambda: xxhash.xxh3_64_hexdigest(data)), cfg.reps)
+    checksum, _ = median_time(lambda: _timed(lambda: _parse(data)), cfg.reps)
     data = b""  # let the copy go before the restore measures
 
     # Restore alone (warm page cache), against mmap + llama_state_seq_set_data of the raw state.

@@ -128,7 +128,8 @@ def rows_for(res: ModelResult, targets_at: dict[str, int]) -> list[Row]:
             "{:.2f}×",
             "≤ 1.5×",
             lambda r: r <= 1.5,
-            f"beyond the floor's work, a restore checks the file's xxh3 checksums ({_ms(lr.checksum)}), "
+            f"beyond the floor's work, a restore checks the file's xxh3 checksums, the KV state's 4 MiB blocks on every core "
+            f"({_ms(lr.checksum)} with the header), "
             "parses the history and checks the tokens, the fingerprint and the positions the cache holds",
         )
         add(

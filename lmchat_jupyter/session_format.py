@@ -6,6 +6,9 @@ Layout::
     sections, each at a 64-byte aligned offset from the data start, listed in the header with
     their length and xxh3_64: history (JSON), engine (JSON), tokens (int32 LE), kv (raw llama.cpp)
 
+A section of 8 MiB or more carries the xxh3_64 of each 4 MiB block (``"xxh3": [...]`` with
+``"block": 4194304``) instead of one digest, so that its blocks are checked on several cores.
+
 Every length, offset and checksum is verified by :func:`parse` before any byte is trusted.
 xxh3 runs at memory speed, so checking a 180 MB KV state costs a few milliseconds.
 """
@@ -16,7 +19,9 @@ import json
 import os
 import stat
 import struct
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,8 +54,41 @@ def _pad(n: int) -> int:
     return (-n) % ALIGN
 
 
+BLOCK = 4 * 1024 * 1024
+_MIN_BLOCK, _MAX_BLOCK = 64 * 1024, 1 << 30
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
 def _digest(data: bytes | bytearray | memoryview) -> str:
     return xxhash.xxh3_64_hexdigest(data)
+
+
+def _pool() -> ThreadPoolExecutor:
+    """Threads for checksums: xxhash releases the GIL, and one core alone cannot read memory as fast."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            workers = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+            _POOL = ThreadPoolExecutor(max(1, workers), thread_name_prefix="lmchat-xxh3")
+        return _POOL
+
+
+def _block_digests(data: memoryview, block: int) -> list[str]:
+    views = [data[i : i + block] for i in range(0, len(data), block)]
+    try:
+        return list(_pool().map(_digest, views))
+    finally:
+        for view in views:
+            view.release()
+
+
+def _section_digest(data: bytes | bytearray | memoryview) -> tuple[str | list[str], int | None]:
+    """The digest a section is written with: one xxh3, or one per block for large sections."""
+    if len(data) < 2 * BLOCK:
+        return _digest(data), None
+    with memoryview(data) as view:
+        return _block_digests(view.cast("B"), BLOCK), BLOCK
 
 
 def build(header: dict[str, Any], sections: Sequence[tuple[str, bytes | bytearray | memoryview]]) -> list[memoryview]:
@@ -58,7 +96,11 @@ def build(header: dict[str, Any], sections: Sequence[tuple[str, bytes | bytearra
     table = []
     offset = 0
     for name, data in sections:
-        table.append({"name": name, "offset": offset, "length": len(data), "xxh3": _digest(data)})
+        digest, block = _section_digest(data)
+        entry: dict[str, Any] = {"name": name, "offset": offset, "length": len(data), "xxh3": digest}
+        if block is not None:
+            entry["block"] = block
+        table.append(entry)
         offset += len(data) + _pad(len(data))
     header = dict(header, sections=table)
     head = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
@@ -147,18 +189,29 @@ def _checked_section(
     """One section table entry checked against the data: (name, absolute start, bytes)."""
     if not isinstance(entry, dict):
         raise corrupt("its section table is malformed")
-    name, offset, length, digest = (entry.get(k) for k in ("name", "offset", "length", "xxh3"))
+    name, offset, length, digest, block = (entry.get(k) for k in ("name", "offset", "length", "xxh3", "block"))
     if name not in SECTION_NAMES:
         raise corrupt(f"its section table names {name!r}")
-    if not (isinstance(offset, int) and isinstance(length, int) and isinstance(digest, str)):
+    if not (isinstance(offset, int) and isinstance(length, int)) or not _digest_shape(digest, block, length):
         raise corrupt(f"section {name!r} has a malformed entry")
     start = data_start + offset
     if offset < 0 or length < 0 or start + length > len(buf):
         raise corrupt(f"section {name!r} runs past the end of the data (truncated?)")
     view = buf[start : start + length]
-    if _digest(view) != digest:
+    actual = _digest(view) if isinstance(digest, str) else _block_digests(view, block)  # type: ignore[arg-type]
+    if actual != digest:
+        view.release()
         raise corrupt(f"section {name!r} fails its checksum (damaged data)")
     return str(name), start, view
+
+
+def _digest_shape(digest: object, block: object, length: int) -> bool:
+    """One digest string and no block size, or a block size and one digest string per block."""
+    if isinstance(digest, str):
+        return block is None
+    if type(block) is not int or not _MIN_BLOCK <= block <= _MAX_BLOCK or not isinstance(length, int) or length < 0:
+        return False
+    return isinstance(digest, list) and len(digest) == -(-length // block) and all(isinstance(d, str) for d in digest)
 
 
 def _json(data: bytes) -> Any:

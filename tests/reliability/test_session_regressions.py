@@ -235,3 +235,33 @@ def test_a_restored_state_is_checked_by_its_first_evaluation(
     again = Conversation.restore(model, reseal(layout, {}, {"verify": lying}), verify="always")
     resaved = again.save()
     assert resaved is not None and split(resaved).header["verify"] == lying
+
+
+def test_large_sections_are_checked_block_by_block() -> None:
+    """A section of 8 MiB or more carries one checksum per 4 MiB block, checked on several cores:
+    damage in any block, and a block table that does not fit the section, are caught."""
+    from lmchat_jupyter import session_format
+
+    rng = np.random.default_rng(7)
+    kv = rng.integers(0, 256, 9 * 1024 * 1024 + 123, dtype=np.uint8).tobytes()
+    sections = [("history", b"{}"), ("engine", b"{}"), ("tokens", b""), ("kv", kv)]
+    blob = b"".join(bytes(c) for c in session_format.build({"n_tokens": 0}, sections))
+    parsed = session_format.parse(memoryview(blob), "blocks")
+    (entry,) = [e for e in parsed.header["sections"] if e["name"] == "kv"]
+    assert entry["block"] == session_format.BLOCK and len(entry["xxh3"]) == 3
+    assert bytes(parsed.sections["kv"]) == kv
+    for section in parsed.sections.values():
+        section.release()
+    layout = split(blob)
+    start, _ = layout.sections["kv"]
+    for where in (0, 5 * 1024 * 1024, len(kv) - 1):  # first, middle and last block
+        damaged = bytearray(blob)
+        damaged[start + where] ^= 0x10
+        with pytest.raises(SessionCorruptError, match="fails its checksum"):
+            session_format.parse(memoryview(bytes(damaged)), "blocks")
+    header = {k: v for k, v in layout.header.items()}
+    for lie in ({"xxh3": entry["xxh3"][:2]}, {"block": 1}, {"block": None}, {"xxh3": [1, 2, 3]}, {"block": True}):
+        table = [dict(e, **lie) if e["name"] == "kv" else e for e in layout.header["sections"]]
+        forged = forge(dict(header, sections=table), layout.blob[layout.data_start :])
+        with pytest.raises(SessionCorruptError, match="malformed entry"):
+            session_format.parse(memoryview(forged), "blocks")
