@@ -155,6 +155,12 @@ class Conversation:
         """
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("the message is empty; write something to send")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                "the message is not valid Unicode text: it holds a lone surrogate (such as '\\ud800'); remove it"
+            ) from None
         opts = replace(self.options, **options)
         return StreamingTurn(self, prompt, cell_id, opts, wait)
 
@@ -503,6 +509,8 @@ class Conversation:
             evaluated = 0
             for end in range(1, len(self.history) + 1):
                 target = self._renderer.render(self.history.as_chat_messages()[:end], False)
+                if self._state.text.startswith(target):
+                    continue  # already in the cache: cutting back to it would only evaluate it again
                 evaluated += self._sync(target, progress=progress)
             return evaluated
 

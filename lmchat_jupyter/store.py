@@ -155,8 +155,11 @@ class ChatStore:
                 history = history or _as_history(exc.history)
             except (SessionCorruptError, LmchatError) as exc:
                 note = f"the saved session could not be used: {exc}"
+        behind = False
         if conv is not None and history is not None:
-            conv = self._catch_up(conv, history, model)
+            conv, behind = self._catch_up(conv, history, model)
+            if behind:
+                note += "; caught up with the newer history"
         if conv is None and history is not None:
             conv = Conversation.from_history(model, history, progress=self.progress(f"Re-reading {name}"))
             note = f"history from {history_path.name}" + (f"; {note}" if note else "")
@@ -164,22 +167,28 @@ class ChatStore:
             self.notify(f"lmchat: {name!r} could not be restored: {note}")
             return None
         self.adopt(name, conv)
+        if behind:
+            self._schedule(name)  # else every restart would catch up again
         status = f"{name}: {conv.info.message_count} messages, {conv.info.token_count} tokens — {note}"
         self.statuses[name] = status
         return conv
 
-    def _catch_up(self, conv: Conversation, history: ChatHistory, model: Model) -> Conversation:
-        """Bring a restored session up to the (newer or equal) history written after each turn."""
+    def _catch_up(self, conv: Conversation, history: ChatHistory, model: Model) -> tuple[Conversation, bool]:
+        """Bring a restored session up to the (newer or equal) history written after each turn.
+
+        Returns the conversation and whether it differs from the saved session (then it needs saving).
+        """
         saved = [m.id for m in conv.history]
         latest = [m.id for m in history]
         if latest[: len(saved)] == saved:
             if len(latest) > len(saved):
                 conv.history.messages.extend(history.messages[len(saved) :])
                 conv.prefill(self.progress("Catching up"))
-            return conv
+                return conv, True
+            return conv, False
         if saved[: len(latest)] == latest:
-            return conv  # the session is newer than the history file
-        return Conversation.from_history(model, history, progress=self.progress("Re-reading"))
+            return conv, False  # the session is newer than the history file
+        return Conversation.from_history(model, history, progress=self.progress("Re-reading")), True
 
     def _read_history(self, path: Path) -> tuple[ChatHistory | None, str | None]:
         if not path.exists():
@@ -213,8 +222,10 @@ class ChatStore:
             if conv is not None and conv.history.conversation_id == chat.history.conversation_id:
                 have = [m.id for m in conv.history]
                 if embedded[: len(have)] == have and len(embedded) > len(have):
-                    conv = self._catch_up(conv, chat.history, conv.model)
+                    conv, _ = self._catch_up(conv, chat.history, conv.model)
                     self.adopt(chat.name, conv)
+                    self._write_history(chat.name, conv)
+                    self._schedule(chat.name)
                 continue
             model = conv.model if conv is not None else self.model_for(None)
             conv = Conversation.from_history(model, chat.history, progress=self.progress(f"Re-reading {chat.name}"))

@@ -208,3 +208,10 @@ def test_other_settings_are_a_mismatch(model: Model, smollm_path: Path) -> None:
         Conversation.restore(other, blob)
     assert info.value.differences["n_ctx"] == (4096, 2048)
     assert isinstance(info.value.history, ChatHistory)
+
+
+def test_a_message_that_is_not_unicode_text_is_refused_and_leaves_no_trace(model: Model) -> None:
+    conv = Conversation(model)
+    with pytest.raises(ValueError, match="lone surrogate"):
+        conv.submit("Hello \ud800 there")
+    assert conv.info.message_count == 0

@@ -16,7 +16,7 @@ no traceback; the new kernel holds the folder's lock (the dead kernel's flock di
 temp files a killed save left are removed and none accumulate.
 
 A kill often beats the background save, leaving the session a turn behind the history; the restore
-then catches up from the history. Two strict ``xfail`` tests at the end reproduce what that costs.
+then catches up from the history. Two tests at the end check that a catch-up evaluates only the missing turns and is saved again.
 """
 
 from __future__ import annotations
@@ -350,12 +350,6 @@ def session_behind_history(folder: Path) -> int:
     return cached
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Conversation.prefill syncs the cache to every prefix of the history in turn, and a prefix shorter "
-    "than the cached text cuts the cache back to it: catching up evaluates the whole conversation again",
-)
 def test_a_session_behind_its_history_catches_up_with_the_missing_turn_only(tmp_path: Path) -> None:
     cached = session_behind_history(tmp_path)
     evaluated: Counter[str] = Counter()
@@ -376,12 +370,6 @@ def test_a_session_behind_its_history_catches_up_with_the_missing_turn_only(tmp_
     assert evaluated["Catching up"] <= total - cached, (dict(evaluated), cached, total)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the store saves a conversation on its events; a catch-up after a restore sends none (the restore's "
-    "event fires before the store subscribes), so the session stays behind until the next turn",
-)
 def test_a_caught_up_session_is_saved_again(tmp_path: Path) -> None:
     session_behind_history(tmp_path)
     store = ChatStore(Sidecar(tmp_path), settings=SETTINGS, notify=lambda _line: None)
