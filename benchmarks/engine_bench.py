@@ -150,6 +150,7 @@ def _at_length(model: Model, n_tokens: int, cfg: Config, log: Any) -> LengthResu
     conv = Conversation.from_history(model, history)
     reprefill_history = first_token(conv) - start
     conv.rewind(len(history))
+    conv.prefill()  # the opening of the next user message, which a live answer is followed by
     tokens = conv.info.token_count
     log(f"  {tokens} tokens: from_history re-prefill {reprefill_history:.2f} s")
 
@@ -342,6 +343,7 @@ def _small_sessions(spec: str | None, cfg: Config, res: ModelResult, log: Any) -
     conv = Conversation.from_history(model, history)
     reprefill = first_token(conv) - start
     conv.rewind(len(history))
+    conv.prefill()
     session = cfg.workdir / f"{_slug(model)}-q8.lmsession"
     conv.save(session)
 

@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             gen_reps=1 if args.smoke else 3,
             gen_tokens=8 if args.smoke else 128,
             autosave_length=2048 if 2048 in lengths else lengths[0],
-            small_length=2048 if 2048 in lengths else lengths[0],
+            small_length=lengths[0],
             workdir=Path(tmp),
         )
         for key in models:

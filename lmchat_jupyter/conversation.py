@@ -503,7 +503,10 @@ class Conversation:
             raise
 
     def prefill(self, progress: Progress | None = None) -> int:
-        """Evaluate the whole history now (otherwise the next turn does it); returns tokens evaluated."""
+        """Evaluate the whole history now (otherwise the next turn does it); returns tokens evaluated.
+
+        After a last answer, the opening of the next user message is evaluated too, as after a turn.
+        """
         with self._turn_lock, self.model.lock, interrupts.held():
             self._activate()
             evaluated = 0
@@ -512,6 +515,10 @@ class Conversation:
                 if self._state.text.startswith(target):
                     continue  # already in the cache: cutting back to it would only evaluate it again
                 evaluated += self._sync(target, progress=progress)
+            if self.history.messages and self.history.messages[-1].role == "assistant":
+                before = len(self._state.tokens)
+                self._evaluate_next_opening()  # as after a live answer
+                evaluated += len(self._state.tokens) - before
             return evaluated
 
     # --- persistence ----------------------------------------------------------------------------

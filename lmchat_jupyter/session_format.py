@@ -77,7 +77,12 @@ def _pool() -> ThreadPoolExecutor:
 def _block_digests(data: memoryview, block: int) -> list[str]:
     views = [data[i : i + block] for i in range(0, len(data), block)]
     try:
-        return list(_pool().map(_digest, views))
+        try:
+            return list(_pool().map(_digest, views))
+        except RuntimeError:
+            # No new work for thread pools once the interpreter shuts down, which is exactly when a
+            # kernel saves every conversation: one thread then does it all.
+            return [_digest(view) for view in views]
     finally:
         for view in views:
             view.release()

@@ -281,14 +281,24 @@ class ChatStore:
             self._saving.notify_all()
 
     def _save_loop(self) -> None:
-        while True:
+        try:
+            while True:
+                with self._saving:
+                    if not self._pending:
+                        self._worker = None
+                        self._saving.notify_all()
+                        return
+                    name = self._pending.pop()
+                try:
+                    self.save(name)
+                except Exception as exc:  # noqa: BLE001 - reported; the next save may succeed
+                    self._save_failed(f"{type(exc).__name__}: {exc}")
+        except BaseException:
+            # A dead worker must not leave flush() (and so the kernel's shutdown) waiting for it.
             with self._saving:
-                if not self._pending:
-                    self._saving.notify_all()
-                    self._worker = None
-                    return
-                name = self._pending.pop()
-            self.save(name)
+                self._worker = None
+                self._saving.notify_all()
+            raise
 
     def save(self, name: str, path: Path | None = None) -> bool:
         """Save ``name``'s full session now (to its sidecar file unless ``path`` is given)."""
@@ -313,7 +323,9 @@ class ChatStore:
     def flush(self, timeout: float = 60.0) -> None:
         """Wait until every scheduled save is on disk."""
         with self._saving:
-            self._saving.wait_for(lambda: not self._pending and self._worker is None, timeout=timeout)
+            self._saving.wait_for(
+                lambda: not self._pending and (self._worker is None or not self._worker.is_alive()), timeout=timeout
+            )
 
     def close(self) -> None:
         """Save everything and release the folder (kernel shutdown, restart, SIGTERM)."""

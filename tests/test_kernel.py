@@ -115,6 +115,28 @@ def test_kill_9_keeps_completed_turns_and_sigterm_saves(notebook: Path) -> None:
     assert not list(sidecar(notebook).glob(".*lmchat-tmp")), "no temp files left behind"
 
 
+def test_a_session_in_blocks_is_saved_at_shutdown(notebook: Path) -> None:
+    """A session over 8 MiB is checksummed block by block on a thread pool; a kernel shutting down
+    refuses new pool work, and the save it makes then must still happen."""
+    from lmchat_jupyter import session_format
+
+    k = KernelDriver(notebook, notebook.parent)
+    try:
+        k.run("%load_ext lmchat")
+        long_prompt = "Summarise these notes in one line. " + "The cache server keeps every row it reads. " * 50
+        k.run(CHAT + long_prompt, cell_id="long")
+        k.run("import lmchat_jupyter.kernel as _k\n_k.chats().store.flush()")
+        k.run("__import__('lmchat_jupyter').current().history[-1].meta['note'] = 'kept'")
+    finally:
+        k.shutdown()
+    blob = (sidecar(notebook) / "default.lmsession").read_bytes()
+    parsed = session_format.parse(memoryview(blob), "session")
+    kv = next(e for e in parsed.header["sections"] if e["name"] == "kv")
+    assert isinstance(kv["xxh3"], list), "the session should be large enough to be checked in blocks"
+    messages = json.loads(bytes(parsed.sections["history"]))["messages"]
+    assert messages[-1]["meta"]["note"] == "kept"
+
+
 def test_two_kernels_on_one_notebook(notebook: Path) -> None:
     first = KernelDriver(notebook, notebook.parent)
     second = KernelDriver(notebook, notebook.parent)
