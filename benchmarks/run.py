@@ -123,8 +123,10 @@ def _notes(cfg: Config, smoke: bool) -> list[str]:
         "**Save** = `Conversation.save(path)` (KV copied out of llama.cpp, checksummed, written to a temp file, "
         "fsynced, renamed, folder fsynced) against `write` + `fsync` of the same number of bytes from memory. The "
         "first save after a rewind is not counted (it decodes the last token again for the verification logits). "
-        "**Autosave share** = turns with `autosave=` on, answering a question greedily: the time between the "
-        "`turn_finished` and `saved` events over the turn's wall time (the median of "
+        "**Autosave share** = turns with `autosave=` on, answering a question greedily: the time the turn "
+        "waits for its autosave (from the `turn_finished` event to `submit` returning: the KV state copied out) "
+        "over the turn's wall time; the file itself is written on a background thread, reported beside it "
+        "(`turn_finished` to `saved`) (the median of "
         f"{cfg.gen_reps} turns, each from the same saved history).",
         "**Memory** = in a fresh process per model that loads the model first: `/proc/self/clear_refs` (5) resets "
         "VmHWM just before the operation; peak VmHWM minus VmRSS at that moment, over the KV state size, after one "

@@ -103,6 +103,10 @@ class Conversation:
         self._turn_lock = threading.Lock()
         self._stop = threading.Event()
         self._turns_since_save = 0
+        self._autosave_lock = threading.Lock()  # one autosave file write at a time
+        self._autosave_taken = 0  # sessions captured for autosave so far
+        self._autosave_written = 0  # the newest of them on disk
+        self._autosave_writers: list[threading.Thread] = []
 
     def __repr__(self) -> str:
         return f"Conversation(id={self.history.conversation_id!r}, messages={len(self.history)}, model={self.model.name!r})"
@@ -556,7 +560,9 @@ class Conversation:
         self._emit("model_changed", text=model.describe())
 
     def close(self) -> None:
-        """Save to the autosave path if there is unsaved work."""
+        """Finish the autosaves under way, then save to the autosave path if there is unsaved work."""
+        for writer in list(self._autosave_writers):
+            writer.join()
         if self.autosave_path is not None and self._turns_since_save and self.history.user_message_count:
             self._autosave()
 
@@ -568,22 +574,55 @@ class Conversation:
         return session_chunks(self)
 
     def _autosave(self, locked: bool = False) -> None:
-        """Save to the autosave path; ``locked``: called from inside a turn, which holds the locks."""
+        """Save to the autosave path; ``locked``: called from inside a turn, which holds the locks.
+
+        Inside a turn only the session's bytes are taken (the KV state copied out of llama.cpp); the
+        file is written and fsynced on a thread of its own, so the turn does not wait for the disk.
+        A newer session always wins over an older one still being written.
+        """
+        assert self.autosave_path is not None
+        try:
+            chunks = self._session_chunks() if locked else self._locked_chunks()
+        except LmchatError as exc:
+            self._autosave_failed(exc)
+            return
+        self._autosave_taken += 1
+        self._turns_since_save = 0
+        if not locked:
+            self._write_autosave(chunks, self._autosave_taken)
+            return
+        writer = threading.Thread(
+            target=self._write_autosave, args=(chunks, self._autosave_taken), name="lmchat-autosave-write"
+        )
+        self._autosave_writers = [w for w in self._autosave_writers if w.is_alive()] + [writer]
+        writer.start()
+
+    def _locked_chunks(self) -> list[memoryview]:
+        if self.history.user_message_count == 0:
+            raise NothingToSaveError("the conversation has no turns yet; send a message before saving")
+        with self._turn_lock, self.model.lock, interrupts.held():
+            return self._session_chunks()
+
+    def _write_autosave(self, chunks: list[memoryview], taken: int) -> None:
         from .atomic import atomic_write
 
         assert self.autosave_path is not None
-        try:
-            if locked:
-                atomic_write(self.autosave_path, self._session_chunks())
-            else:
-                self.save(self.autosave_path)
-        except LmchatError as exc:
-            self.last_save_error = exc
-            self._emit("save_failed", text=str(exc))
-        else:
-            self.last_save_error = None
-            self._turns_since_save = 0
-            self._emit("saved", text=str(self.autosave_path))
+        with self._autosave_lock:
+            if taken <= self._autosave_written:
+                return  # a newer session is on disk already
+            try:
+                atomic_write(self.autosave_path, chunks)
+            except LmchatError as exc:
+                self._turns_since_save = max(1, self._turns_since_save)
+                self._autosave_failed(exc)
+                return
+            self._autosave_written = taken
+        self.last_save_error = None
+        self._emit("saved", text=str(self.autosave_path))
+
+    def _autosave_failed(self, exc: LmchatError) -> None:
+        self.last_save_error = exc
+        self._emit("save_failed", text=str(exc))
 
     @classmethod
     def restore(

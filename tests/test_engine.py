@@ -215,3 +215,23 @@ def test_a_message_that_is_not_unicode_text_is_refused_and_leaves_no_trace(model
     with pytest.raises(ValueError, match="lone surrogate"):
         conv.submit("Hello \ud800 there")
     assert conv.info.message_count == 0
+
+
+def test_autosave_writes_every_n_turns_and_close_writes_the_rest(model: Model, tmp_path: Path) -> None:
+    path = tmp_path / "auto.lmsession"
+    saved: list[str] = []
+    conv = Conversation(model, system="You are terse.", autosave=path, autosave_every=2)
+    conv.subscribe(lambda event: saved.append(event.text) if event.kind == "saved" else None)
+    conv.submit(PROMPTS[0], **GREEDY)
+    conv.close()  # one unsaved turn: written now
+    assert saved == [str(path)]
+    first = Conversation.restore(model, path)
+    assert [m.content for m in first.history] == [m.content for m in conv.history]
+
+    conv.submit(PROMPTS[1], **GREEDY)
+    conv.submit(PROMPTS[2], **GREEDY)  # the second turn since the last save: written in the background
+    conv.close()  # waits for that write; nothing else is left to save
+    assert saved == [str(path), str(path)]
+    restored = Conversation.restore(model, path)
+    assert [m.content for m in restored.history] == [m.content for m in conv.history]
+    assert restored.info.token_count == conv.info.token_count
