@@ -55,7 +55,8 @@ class KernelDriver:
     def pid(self) -> int:
         return int(self.km.provisioner.process.pid)  # type: ignore[union-attr]
 
-    def run(self, code: str, cell_id: str | None = None, timeout: float = 300) -> CellRun:
+    def send(self, code: str, cell_id: str | None = None) -> str:
+        """Start executing ``code`` as a notebook cell (with its cell id), without waiting; the request's id."""
         content = {
             "code": code,
             "silent": False,
@@ -66,7 +67,10 @@ class KernelDriver:
         }
         msg = self.kc.session.msg("execute_request", content, metadata={"cellId": cell_id} if cell_id else {})
         self.kc.shell_channel.send(msg)
-        msg_id = msg["header"]["msg_id"]
+        return str(msg["header"]["msg_id"])
+
+    def run(self, code: str, cell_id: str | None = None, timeout: float = 300) -> CellRun:
+        msg_id = self.send(code, cell_id)
         out = CellRun()
         displays: dict[str, str] = {}
         order: list[str] = []

@@ -90,21 +90,6 @@ def user_turns(messages: list[dict[str, object]]) -> int:
     return sum(1 for m in messages if m.get("role") == "user")
 
 
-def send(k: KernelDriver, code: str, cell_id: str | None = None) -> str:
-    """Start executing ``code`` without waiting for it; returns the request's id."""
-    content = {
-        "code": code,
-        "silent": False,
-        "store_history": True,
-        "user_expressions": {},
-        "allow_stdin": False,
-        "stop_on_error": True,
-    }
-    msg = k.kc.session.msg("execute_request", content, metadata={"cellId": cell_id} if cell_id else {})
-    k.kc.shell_channel.send(msg)
-    return str(msg["header"]["msg_id"])
-
-
 def wait_for(k: KernelDriver, msg_id: str, kinds: set[str], timeout: float = 120) -> bool:
     """Wait for an iopub message of one of ``kinds`` from ``msg_id``; False if the execution ended first."""
     deadline = time.monotonic() + timeout
@@ -257,7 +242,7 @@ class CrashLoop:
             self.after_kill()
             k = KernelDriver(self.notebook, self.notebook.parent)
             self.last_moment = moment
-            msg_id = send(k, "%load_ext lmchat")
+            msg_id = k.send("%load_ext lmchat")
             assert wait_for(k, msg_id, {"busy"})
             delay = self.rng.uniform(0, self.restore_seconds)
             time.sleep(delay)
@@ -273,7 +258,7 @@ class CrashLoop:
             delay = 0.0
             if moment == "generating":
                 prompt = self.prompt()
-                msg_id = send(k, CHAT + prompt, cell_id=f"cell-{self.asked}")
+                msg_id = k.send(CHAT + prompt, cell_id=f"cell-{self.asked}")
                 self.cut_prompt = prompt
                 wait_for(k, msg_id, {"update_display_data"})  # tokens are streaming
                 delay = self.rng.uniform(0, 0.15)
@@ -282,7 +267,7 @@ class CrashLoop:
             elif moment == "saving":
                 if not self.turns:
                     self.turn(k)
-                msg_id = send(k, "%chat save")
+                msg_id = k.send("%chat save")
                 assert wait_for(k, msg_id, {"busy"})
                 delay = self.rng.uniform(0, 0.05)
             elif moment == "idle":
