@@ -440,15 +440,21 @@ class Conversation:
         check, self._pending_check = self._pending_check, None
         if check is None or not self._state.tokens:
             return
+        if not (
+            self._redecode_last() and kvstate.logits_agree(kvstate.last_logits_top(self.model.llm, len(check)), check)
+        ):
+            self._restored_state_failed(progress)
+
+    def _redecode_last(self) -> bool:
+        """Decode the last cached token again, alone, for fresh logits; False if the cache could not
+        be cut back to before it (then it may be cut already: repair or evaluate again)."""
         llm = self.model.llm
         tokens = self._state.tokens
-        ok = kvstate.truncate(llm, len(tokens) - 1)
-        if ok:
-            llm.eval([tokens[-1]])
-            self._logits_fresh = True
-            ok = kvstate.logits_agree(kvstate.last_logits_top(llm, len(check)), check)
-        if not ok:
-            self._restored_state_failed(progress)
+        if not kvstate.truncate(llm, len(tokens) - 1):
+            return False
+        llm.eval([tokens[-1]])
+        self._logits_fresh = True
+        return True
 
     def _restored_state_failed(self, progress: Progress | None) -> None:
         """The restored KV state did not reproduce its saved logits: evaluate its tokens again."""

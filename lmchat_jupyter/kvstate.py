@@ -130,19 +130,7 @@ def clear(llm: llama_cpp.Llama) -> None:
 
 def last_logits_top(llm: llama_cpp.Llama, k: int = 8) -> list[tuple[int, float]]:
     """The ``k`` best (token, logit) pairs of the last decoded position, best first."""
-    return _logits_top(llm, -1, k)
-
-
-def logits_agree(now: Sequence[tuple[int, float]], saved: Sequence[tuple[int, float]]) -> bool:
-    """Same best token, and every best logit within 0.05 + 1% of the saved value where both have it."""
-    if not now or not saved or now[0][0] != saved[0][0]:
-        return False
-    saved_map = dict(saved)
-    return all(abs(v - saved_map[t]) <= 0.05 + 0.01 * abs(v) for t, v in now if t in saved_map)
-
-
-def _logits_top(llm: llama_cpp.Llama, index: int, k: int) -> list[tuple[int, float]]:
-    ptr = llama_cpp.llama_get_logits_ith(llm.ctx, index)
+    ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
     logits = np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),))
     # Block by block: one argpartition over the whole vocabulary allocates an 8-byte index per
     # token (2 MB for Gemma's 262k) on every save and checked restore, which shows in their peak memory.
@@ -153,6 +141,14 @@ def _logits_top(llm: llama_cpp.Llama, index: int, k: int) -> list[tuple[int, flo
         best.extend((start + int(i), float(block[i])) for i in picks)
     best.sort(key=lambda pair: -pair[1])
     return best[:k]
+
+
+def logits_agree(now: Sequence[tuple[int, float]], saved: Sequence[tuple[int, float]]) -> bool:
+    """Same best token, and every best logit within 0.05 + 1% of the saved value where both have it."""
+    if not now or not saved or now[0][0] != saved[0][0]:
+        return False
+    saved_map = dict(saved)
+    return all(abs(v - saved_map[t]) <= 0.05 + 0.01 * abs(v) for t, v in now if t in saved_map)
 
 
 def is_eog(llm: llama_cpp.Llama, token: int) -> bool:

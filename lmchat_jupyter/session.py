@@ -75,12 +75,9 @@ def _fresh_top_logits(conv: Conversation) -> list[list[float]] | None:
     if conv._pending_check is not None:
         # A restored state not checked yet is saved as it was loaded: with the logits it came with.
         return [[t, v] for t, v in conv._pending_check]
-    if not conv._logits_fresh:
-        if not kvstate.truncate(llm, len(tokens) - 1):
-            conv._repair()  # the cache may be cut already: make it agree with the conversation again
-            return None
-        llm.eval([tokens[-1]])
-        conv._logits_fresh = True
+    if not conv._logits_fresh and not conv._redecode_last():
+        conv._repair()  # the cache may be cut already: make it agree with the conversation again
+        return None
     return [[t, v] for t, v in kvstate.last_logits_top(llm, _TOP_K)]
 
 

@@ -323,9 +323,7 @@ class ChatStore:
     def flush(self, timeout: float = 60.0) -> None:
         """Wait until every scheduled save is on disk."""
         with self._saving:
-            self._saving.wait_for(
-                lambda: not self._pending and (self._worker is None or not self._worker.is_alive()), timeout=timeout
-            )
+            self._saving.wait_for(lambda: not self._pending and self._worker is None, timeout=timeout)
 
     def close(self) -> None:
         """Save everything and release the folder (kernel shutdown, restart, SIGTERM)."""

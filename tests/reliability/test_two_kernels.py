@@ -68,6 +68,13 @@ def read_record(child: subprocess.Popen[str]) -> dict[str, object]:
             return record
 
 
+def python_child(script: str, arg: Path) -> subprocess.Popen[str]:
+    """``script`` in its own Python process, run from the project root, talking over stdin/stdout lines."""
+    return subprocess.Popen(
+        [sys.executable, "-c", script, str(arg)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+
+
 @pytest.mark.parametrize("rounds", [pytest.param(8, id="quick"), pytest.param(60, id="long", marks=pytest.mark.slow)])
 def test_a_second_kernel_reads_and_never_writes(tmp_path: Path, rounds: int) -> None:
     folder = tmp_path / "nb.lmchat"
@@ -79,13 +86,7 @@ def test_a_second_kernel_reads_and_never_writes(tmp_path: Path, rounds: int) -> 
     session, history = folder / "chat.lmsession", folder / "chat.history.json"
     before = (digest(session), digest(history))
 
-    child = subprocess.Popen(
-        [sys.executable, "-c", SECOND_KERNEL, str(folder)],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    child = python_child(SECOND_KERNEL, folder)
     assert child.stdin is not None
     try:
         second = read_record(child)
@@ -148,13 +149,7 @@ def test_a_session_truncated_in_place_during_a_restore(tmp_path: Path) -> None:
     assert data is not None
     target = tmp_path / "victim.lmsession"
     target.write_bytes(data)
-    child = subprocess.Popen(
-        [sys.executable, "-c", RESTORER, str(target)],
-        cwd=ROOT,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    child = python_child(RESTORER, target)
     assert child.stdin is not None and child.stdout is not None
     assert child.stdout.readline().strip() == "ready"
     rng = random.Random("truncate")
