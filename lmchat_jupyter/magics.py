@@ -10,6 +10,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import ArgDecorator, MagicArgumentParser, argument, magic_arguments
 from IPython.display import Markdown, display
 
 from . import kernel
@@ -23,42 +24,105 @@ from .safe_markdown import safe_markdown
 __all__ = ["ChatMagics", "load", "unload"]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # one line, no traceback, as IPython magics do
-        raise UsageError(f"{self.prog}: {message}. See %chat? for help.")
+class _SubcommandParser(MagicArgumentParser):
+    def error(self, message: str) -> Any:  # one line, no traceback, naming the subcommand
+        raise _ArgumentError(f"%{self.prog}: {message}. See %chat? for help.")
 
 
-def _cell_parser() -> _Parser:
-    p = _Parser(prog="%%chat", add_help=False)
-    p.add_argument("--name", "-n", default=None)
-    p.add_argument("--model", "-m", default=None)
-    p.add_argument("--system", "-s", default=None)
-    p.add_argument("--temperature", "-t", type=float, default=None)
-    p.add_argument("--max-tokens", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--regen", action="store_true")
-    return p
+class _ArgumentError(UsageError):
+    """A usage error that already names the (sub)command it belongs to."""
 
 
-def _line_parser() -> _Parser:
-    p = _Parser(prog="%chat", add_help=False)
-    sub = p.add_subparsers(dest="command")
-    sub.add_parser("info", add_help=False)
-    sub.add_parser("history", add_help=False)
-    sub.add_parser("list", add_help=False)
-    sub.add_parser("clear", add_help=False)
-    for name, arg, required in (("save", "path", False), ("load", "path", True), ("export", "path", True)):
-        sp = sub.add_parser(name, add_help=False)
-        sp.add_argument(arg, nargs=None if required else "?")
-    sub.add_parser("rewind", add_help=False).add_argument("turns", type=int)
-    sub.add_parser("use", add_help=False).add_argument("conversation")
-    sub.add_parser("model", add_help=False).add_argument("spec")
-    config = sub.add_parser("config", add_help=False)
-    config.add_argument("--autosave", choices=["on", "off"])
-    config.add_argument("--notebook")
-    config.add_argument("--n-ctx", type=int)
-    sub.add_parser("widget", add_help=False).add_argument("--name", "-n", default=None)
-    return p
+class subcommand(ArgDecorator):
+    """Declare ``%chat NAME [ARGUMENTS]`` in one line: its arguments are ``argument(...)`` objects.
+
+    The subcommand's usage line and ``help`` become a row of the ``%chat?`` help.
+    """
+
+    def __init__(self, name: str, *arguments: argument, help: str) -> None:
+        self.name, self.arguments, self.help = name, arguments, help
+
+    def add_to_parser(self, parser: MagicArgumentParser, group: Any) -> None:
+        commands = getattr(parser, "lmchat_commands", None)
+        if commands is None:
+            commands = parser.add_subparsers(
+                dest="command", metavar="COMMAND", parser_class=_SubcommandParser, help="one of the commands below"
+            )
+            parser.lmchat_commands = commands  # type: ignore[attr-defined]
+        sub = commands.add_parser(self.name, prog=f"chat {self.name}", formatter_class=argparse.HelpFormatter)
+        for arg in self.arguments:
+            arg.add_to_parser(sub, None)
+        usage = "%" + " ".join(sub.format_usage().split()[1:])
+        row = f"{usage:<26} {self.help}" if len(usage) <= 26 else f"{usage}\n{'':<26} {self.help}"
+        parser.epilog = f"{parser.epilog or ''}{row}\n"
+
+
+def _declare(name: str, doc: str, *declarations: ArgDecorator) -> MagicArgumentParser:
+    """The parser that IPython's ``magic_arguments`` builds from ``declarations``, in the order given."""
+
+    def magic() -> None:
+        """Holds the declarations while IPython builds the parser."""
+
+    magic.__doc__ = doc
+    for declaration in reversed(declarations):  # as stacked decorators would apply them
+        declaration(magic)
+    parser: MagicArgumentParser = magic_arguments(name=name)(magic).parser
+    return parser
+
+
+# The whole grammar of %%chat and %chat, and the source of the %chat? help: adding an option or a subcommand is one
+# line here (and its handling in ChatMagics).
+_CELL = _declare(
+    "%chat",  # the help's usage line puts the second % in front
+    """Cell magic -- the cell is your message; the answer streams below it.
+
+    Re-running a cell whose message is already in the conversation shows its stored answer
+    again without generating; an edited message rewinds the conversation to that cell and
+    answers anew; --regen answers anew even when the message is unchanged. A model SPEC is a path
+    to a .gguf file or hf:OWNER/REPO/FILE.gguf; without one the embedded default
+    (SmolLM2-135M-Instruct) is used.
+    """,
+    argument("--name", "-n", help="the conversation (default: the active one, see %%chat use)"),
+    argument("--model", "-m", metavar="SPEC", help="continue on this model (the history carries over)"),
+    argument("--system", "-s", metavar="TEXT", help="the system prompt of a new conversation"),
+    argument("--temperature", "-t", type=float, metavar="T", help="sampling temperature (0 is greedy)"),
+    argument("--max-tokens", type=int, metavar="N", help="stop the answer after N tokens"),
+    argument("--seed", type=int, metavar="S", help="sampling seed, for answers that repeat"),
+    argument("--regen", action="store_true", help="answer anew even when the message is unchanged"),
+)
+_LINE = _declare(
+    "chat",
+    "Line magic (without a command: info).",
+    subcommand("info", help="the conversation, its model, tokens used, where it is saved"),
+    subcommand("history", help="the whole conversation"),
+    subcommand("list", help="the conversations of this notebook (%chat use NAME switches)"),
+    subcommand("use", argument("conversation", metavar="NAME"), help="make NAME the conversation that %%chat uses"),
+    subcommand("clear", help="forget every message (the system prompt stays)"),
+    subcommand("rewind", argument("turns", type=int, metavar="N"), help="drop the last N turns"),
+    subcommand(
+        "save", argument("path", nargs="?", metavar="PATH"), help="save the full session (default: the sidecar)"
+    ),
+    subcommand("load", argument("path", metavar="PATH"), help="load a session (.lmsession) or a history (.json)"),
+    subcommand("export", argument("path", metavar="PATH"), help="write the conversation as Markdown (.md) or JSON"),
+    subcommand("model", argument("spec", metavar="SPEC"), help="continue on another model (the history carries over)"),
+    subcommand(
+        "config",
+        argument("--autosave", choices=["on", "off"]),
+        argument("--notebook", metavar="PATH"),
+        argument("--n-ctx", type=int, metavar="N"),
+        help="show or change the settings",
+    ),
+    subcommand("widget", argument("--name", "-n", default=None), help="the chat widget on the same conversation"),
+)
+
+
+def _parse(parser: MagicArgumentParser, prog: str, words: list[str]) -> argparse.Namespace:
+    try:
+        return parser.parse_args(words)
+    except _ArgumentError:
+        raise
+    except UsageError as exc:  # one line, no traceback, as IPython magics do
+        raise UsageError(f"{prog}: {exc}. See %chat? for help.") from None
 
 
 @magics_class
@@ -67,35 +131,7 @@ class ChatMagics(Magics):
 
     @line_cell_magic
     def chat(self, line: str, cell: str | None = None) -> Any:
-        """Chat with a local model; the conversation lives in the kernel and survives restarts.
-
-        Cell magic -- the cell is your message; the answer streams below it::
-
-            %%chat [--name NAME] [--model SPEC] [--system TEXT] [--temperature T]
-                   [--max-tokens N] [--seed S] [--regen]
-
-        Re-running a cell whose message is already in the conversation shows its stored answer
-        again without generating; an edited message rewinds the conversation to that cell and
-        answers anew; --regen answers anew even when the message is unchanged.
-
-        Line magic::
-
-            %chat info            the conversation, its model, tokens used, where it is saved
-            %chat history         the whole conversation
-            %chat list            the conversations of this notebook (%chat use NAME switches)
-            %chat use NAME        make NAME the conversation that %%chat uses by default
-            %chat clear           forget every message (the system prompt stays)
-            %chat rewind N        drop the last N turns
-            %chat save [PATH]     save the full session (default: the notebook's sidecar folder)
-            %chat load PATH       load a session (.lmsession) or a history (.json)
-            %chat export PATH     write the conversation as Markdown (.md) or JSON (.json)
-            %chat model SPEC      continue on another model (the history carries over)
-            %chat config [--autosave on|off] [--notebook PATH] [--n-ctx N]
-            %chat widget [--name NAME]   the chat widget on the same conversation
-
-        A model SPEC is a path to a .gguf file or hf:OWNER/REPO/FILE.gguf; without one the
-        embedded default (SmolLM2-135M-Instruct) is used.
-        """
+        """Chat with a local model; the conversation lives in the kernel and survives restarts."""
         try:
             if cell is None:
                 return self._line(line)
@@ -107,7 +143,7 @@ class ChatMagics(Magics):
     # --- %%chat ---------------------------------------------------------------------------------
 
     def _cell(self, line: str, cell: str) -> None:
-        args = _cell_parser().parse_args(_split(line))
+        args = _parse(_CELL, "%%chat", _split(line))
         prompt = cell.strip()
         if not prompt:
             raise UsageError("%%chat: the cell is empty; write your message below the %%chat line")
@@ -149,7 +185,7 @@ class ChatMagics(Magics):
     # --- %chat ----------------------------------------------------------------------------------
 
     def _line(self, line: str) -> Any:
-        args = _line_parser().parse_args(_split(line) or ["info"])
+        args = _parse(_LINE, "%chat", _split(line) or ["info"])
         state = kernel.chats(self.shell)
         store = state.store
         command = args.command
@@ -236,6 +272,10 @@ class ChatMagics(Magics):
         else:
             raise UsageError("%chat export PATH: PATH must end in .md (Markdown) or .json (history)")
         print(f"lmchat: exported {conv.info.message_count} messages to {path}")
+
+
+# %chat? shows the help that the two declarations generate.
+ChatMagics.chat.__doc__ = f"{ChatMagics.chat.__doc__}\n\n{_CELL.format_help()}\n{_LINE.format_help()}"
 
 
 def _split(line: str) -> list[str]:

@@ -166,7 +166,7 @@ def test_magic_usage_errors_and_help(notebook: Path) -> None:
         assert k.run("%chat frobnicate").stderr.startswith("UsageError")
         assert "not a valid conversation name" in k.run("%chat use ../../etc").stderr
         help_text = k.run("%chat?")
-        assert "%chat rewind N" in help_text.text
+        assert "%chat rewind N" in help_text.text and "--max-tokens N" in help_text.text
         info = k.run("%chat info")
         assert "sidecar:" in info.stdout and "my notes ü.lmchat" in info.stdout
         k.run("%unload_ext lmchat")
