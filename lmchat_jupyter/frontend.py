@@ -84,7 +84,7 @@ class FrontendBridge:
         chats = parse_metadata(value)
         if chats:
             for line in kernel.chats().store.offer_embedded(chats):
-                print(f"lmchat: restored {line}")
+                print(f"lmchat: {line}")
         self._listen()
 
     # --- outgoing -------------------------------------------------------------------------------
@@ -106,7 +106,8 @@ class FrontendBridge:
             return
         self._listen()
         try:
-            value = build_metadata(kernel.chats().store.conversations)
+            store = kernel.chats().store
+            value = build_metadata(store.conversations, store.embedded)
         except LmchatError as exc:
             print(f"lmchat: {exc}")
             return

@@ -49,9 +49,21 @@ class EmbeddedChat:
     model_spec: str | None
 
 
-def build_metadata(conversations: dict[str, Conversation]) -> dict[str, Any] | None:
-    """The value to store under ``metadata.lmchat``; None when there is nothing to embed."""
+def build_metadata(
+    conversations: dict[str, Conversation], waiting: dict[str, EmbeddedChat] | None = None
+) -> dict[str, Any] | None:
+    """The value to store under ``metadata.lmchat``; None when there is nothing to embed.
+
+    ``waiting`` are the notebook's histories not evaluated yet: they stay in the notebook as they are.
+    """
     out: dict[str, Any] = {}
+    for name, chat in (waiting or {}).items():
+        if name not in conversations:
+            out[name] = {
+                "id": chat.history.conversation_id,
+                "model": {"spec": chat.model_spec},
+                "messages": [m.to_json() for m in chat.history],
+            }
     for name, conv in conversations.items():
         if not conv.history.message_count:
             continue

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import interrupts, kvstate, session_format
+from . import interrupts, kvstate, session_format, signing
 from .errors import HistoryFormatError, SessionCorruptError, SessionMismatchError, SessionNotFoundError
 from .history import ChatHistory
 
@@ -63,6 +63,7 @@ def session_chunks(conv: Conversation) -> list[memoryview]:
             ("tokens", np.asarray(state.tokens, dtype="<i4").tobytes()),
             ("kv", kv),
         ],
+        seal=signing.sign_header,
     )
 
 

@@ -96,8 +96,12 @@ def _section_digest(data: bytes | bytearray | memoryview) -> tuple[str | list[st
         return _block_digests(view.cast("B"), BLOCK), BLOCK
 
 
-def build(header: dict[str, Any], sections: Sequence[tuple[str, bytes | bytearray | memoryview]]) -> list[memoryview]:
-    """The chunks of a session file, in order; ``header`` gets the section table added."""
+def build(
+    header: dict[str, Any],
+    sections: Sequence[tuple[str, bytes | bytearray | memoryview]],
+    seal: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> list[memoryview]:
+    """The chunks of a session file, in order; ``header`` gets the section table added, then ``seal`` (a signature)."""
     table = []
     offset = 0
     for name, data in sections:
@@ -108,6 +112,8 @@ def build(header: dict[str, Any], sections: Sequence[tuple[str, bytes | bytearra
         table.append(entry)
         offset += len(data) + _pad(len(data))
     header = dict(header, sections=table)
+    if seal is not None:
+        header = seal(header)
     head = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     lead = PREFIX.pack(MAGIC, FORMAT_VERSION, len(head)) + head + bytes.fromhex(_digest(head))
     chunks = [memoryview(lead + bytes(_pad(len(lead))))]

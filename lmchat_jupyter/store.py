@@ -9,19 +9,21 @@ alone when the session is absent, foreign or damaged.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from . import embedded_chats, folder_share, restoring, signing
 from .atomic import atomic_write
 from .conversation import Conversation, Progress
-from .errors import LmchatError, SessionCorruptError, SessionMismatchError, StorageError
+from .errors import LmchatError, StorageError
 from .events import ConversationEvent
 from .history import ChatHistory, Message
 from .metadata import EmbeddedChat
 from .models import Model, ModelSettings, load_model
-from .sidecar import Sidecar, check_name
+from .reconcile import Relation, is_backup_name, move_aside, relation
+from .saved import disk_history
+from .sidecar import HISTORY_SUFFIX, SESSION_SUFFIX, Sidecar, check_name
 
 __all__ = ["ChatStore", "DEFAULT_NAME"]
 
@@ -57,6 +59,10 @@ class ChatStore:
         self._worker: threading.Thread | None = None
         self._closed = False
         self.last_save_error: str | None = None
+        #: Histories from the notebook's metadata, evaluated when their conversation is first used.
+        self.embedded: dict[str, EmbeddedChat] = {}
+        #: Conversations saved beside a folder that another kernel holds: name -> the name saved under.
+        self.beside: dict[str, str] = {}
         #: Called with (name, conversation) whenever a conversation is created, restored or replaced.
         self.adopt_listeners: list[Callable[[str, Conversation], None]] = []
         self._open_sidecar()
@@ -81,14 +87,19 @@ class ChatStore:
             return
         self.flush()
         old = self.sidecar
+        moved = False
         if old.writable and old.folder.is_dir() and not sidecar.folder.exists():
             try:
                 old.folder.rename(sidecar.folder)
+                moved = True
             except OSError as exc:
                 self.notify(f"lmchat: could not move {old.folder} to {sidecar.folder}: {exc}; saving afresh there")
         old.release()
         self.sidecar = sidecar
         self._open_sidecar()
+        if not moved and self.sidecar.writable:
+            folder_share.settle(self)  # the folder already holds conversations: keep every one of them
+            return
         for name in self.conversations:
             self._schedule(name)
 
@@ -103,9 +114,13 @@ class ChatStore:
         conv = self.conversations.get(name)
         if conv is None:
             conv = self.restore(name)
+        pending = self.embedded.pop(name, None)
+        if pending is not None:
+            conv = embedded_chats.take(self, pending, conv)
         if conv is None:
             if not create:
                 raise LmchatError(f"there is no conversation called {name!r}; `%chat list` shows them")
+            self.keep_aside(name, "they could not be restored")
             conv = Conversation(self.model_for(None), system=system)
             self.adopt(name, conv)
         elif system is not None and conv.history.system != system:
@@ -123,6 +138,15 @@ class ChatStore:
     def adopt(self, name: str, conv: Conversation) -> None:
         """Track ``conv`` under ``name``: save it as it changes."""
         name = check_name(name)
+        previous = self.conversations.get(name)
+        if (
+            previous is not None
+            and previous is not conv
+            and previous.history.user_message_count
+            and relation(conv.history, previous.history) not in (Relation.SAME, Relation.A_EXTENDS)
+        ):
+            self.flush()
+            self.keep_aside(name, "another conversation replaced it")
         old = self._unsubscribe.pop(name, None)
         if old is not None:
             old()
@@ -131,119 +155,56 @@ class ChatStore:
         for listener in list(self.adopt_listeners):
             listener(name, conv)
 
+    def forget(self, name: str) -> None:
+        """Stop tracking ``name`` in memory (its files stay; the next use restores them)."""
+        unsubscribe = self._unsubscribe.pop(name, None)
+        if unsubscribe is not None:
+            unsubscribe()
+        self.conversations.pop(name, None)
+        self.statuses.pop(name, None)
+
     def names(self) -> list[str]:
-        return sorted(set(self.conversations) | set(self.sidecar.names()))
+        return sorted(set(self.conversations) | set(self.sidecar.names()) | set(self.embedded))
+
+    def keep_aside(self, name: str, why: str) -> str | None:
+        """Move ``name``'s files to ``NAME.replaced-<time>`` before they are overwritten; say where."""
+        if not self.sidecar.writable:
+            return None
+        kept = move_aside(self.sidecar.folder, check_name(name), [SESSION_SUFFIX, HISTORY_SUFFIX])
+        if kept is not None:
+            self.notify(
+                f"lmchat: the saved files of {name!r} are kept as {kept!r} in {self.sidecar.folder} ({why}); "
+                f"`%chat use {kept}` opens them"
+            )
+        return kept
+
+    def disk_history(self, name: str) -> ChatHistory | None:
+        """The history the sidecar holds for ``name``, read without evaluating it."""
+        return disk_history(self.sidecar, name)
 
     def restore(self, name: str) -> Conversation | None:
-        """Restore ``name`` from the sidecar (full session, else history); None when nothing is saved."""
-        session_path = self.sidecar.session_path(name)
-        history_path = self.sidecar.history_path(name)
-        history, spec = self._read_history(history_path)
-        if history is None and not session_path.exists():
-            return None
-        if spec is None:
-            spec = _session_model_spec(session_path)
-        model = self.model_for(spec)
-        conv: Conversation | None = None
-        note = ""
-        if session_path.exists():
-            try:
-                conv = Conversation.restore(model, session_path, progress=self.progress(f"Restoring {name}"))
-                note = conv.restored_from or ""
-            except SessionMismatchError as exc:
-                note = f"the saved session belongs to another model or settings ({', '.join(exc.differences)})"
-                history = history or _as_history(exc.history)
-            except (SessionCorruptError, LmchatError) as exc:
-                note = f"the saved session could not be used: {exc}"
-        behind = False
-        if conv is not None and history is not None:
-            conv, behind = self._catch_up(conv, history, model)
-            if behind:
-                note += "; caught up with the newer history"
-        if conv is None and history is not None:
-            conv = Conversation.from_history(model, history, progress=self.progress(f"Re-reading {name}"))
-            note = f"history from {history_path.name}" + (f"; {note}" if note else "")
-        if conv is None:
-            self.notify(f"lmchat: {name!r} could not be restored: {note}")
-            return None
-        self.adopt(name, conv)
-        if behind:
-            self._schedule(name)  # else every restart would catch up again
-        status = f"{name}: {conv.info.message_count} messages, {conv.info.token_count} tokens — {note}"
-        self.statuses[name] = status
-        return conv
+        """Restore ``name`` from the sidecar (full session, else history); None when nothing is saved.
 
-    def _catch_up(self, conv: Conversation, history: ChatHistory, model: Model) -> tuple[Conversation, bool]:
-        """Bring a restored session up to the (newer or equal) history written after each turn.
-
-        Returns the conversation and whether it differs from the saved session (then it needs saving).
+        Only files this user's kernels signed choose the model and bring their KV state; from any
+        other file the visible history is evaluated on the kernel's own model.
         """
-        saved = [m.id for m in conv.history]
-        latest = [m.id for m in history]
-        if latest[: len(saved)] == saved:
-            if len(latest) > len(saved):
-                conv.history.messages.extend(history.messages[len(saved) :])
-                conv.prefill(self.progress("Catching up"))
-                return conv, True
-            return conv, False
-        if saved[: len(latest)] == latest:
-            return conv, False  # the session is newer than the history file
-        return Conversation.from_history(model, history, progress=self.progress("Re-reading")), True
-
-    def _read_history(self, path: Path) -> tuple[ChatHistory | None, str | None]:
-        if not path.exists():
-            return None, None
-        try:
-            history = ChatHistory.load(path)
-        except LmchatError as exc:
-            self.notify(f"lmchat: ignoring {path.name}: {exc}")
-            return None, None
-        spec = None
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-            model_info = raw.get("model") if isinstance(raw, dict) else None
-            if isinstance(model_info, dict) and isinstance(model_info.get("spec"), str):
-                spec = model_info["spec"]
-        except (OSError, ValueError):
-            pass
-        return history, spec
+        return restoring.restore(self, name)
 
     def offer_embedded(self, chats: list[EmbeddedChat]) -> list[str]:
-        """Histories found in the notebook's metadata: used where the sidecar has no match for them.
+        """Histories found in the notebook's metadata, kept to be evaluated at first use; one line each.
 
-        The sidecar's session wins when it holds the same conversation (instant restore); a missing
-        or different sidecar conversation is replaced by the embedded history, evaluated again.
+        The sidecar's conversation wins where it holds the notebook's (instant restore); a notebook
+        history that continues it is added at first use; a different one is kept under a new name.
         Model specs from metadata are not followed: the kernel's own model is used.
         """
-        lines = []
-        for chat in chats:
-            conv = self.conversations.get(chat.name) or self.restore(chat.name)
-            embedded = [m.id for m in chat.history]
-            if conv is not None and conv.history.conversation_id == chat.history.conversation_id:
-                have = [m.id for m in conv.history]
-                if embedded[: len(have)] == have and len(embedded) > len(have):
-                    conv, _ = self._catch_up(conv, chat.history, conv.model)
-                    self.adopt(chat.name, conv)
-                    self._write_history(chat.name, conv)
-                    self._schedule(chat.name)
-                continue
-            model = conv.model if conv is not None else self.model_for(None)
-            conv = Conversation.from_history(model, chat.history, progress=self.progress(f"Re-reading {chat.name}"))
-            self.adopt(chat.name, conv)
-            status = (
-                f"{chat.name}: {conv.info.message_count} messages, {conv.info.token_count} tokens — "
-                "history from the notebook's metadata (evaluated again)"
-            )
-            self.statuses[chat.name] = status
-            self._write_history(chat.name, conv)
-            self._schedule(chat.name)
-            lines.append(status)
-        return lines
+        return [line for chat in chats if (line := embedded_chats.offer(self, chat)) is not None]
 
     def restore_all(self) -> list[str]:
         """Restore every conversation in the sidecar; returns one status line each."""
         lines = []
         for name in self.sidecar.names():
+            if is_backup_name(name):
+                continue  # kept aside: listed, restored when used
             if name not in self.conversations:
                 try:
                     self.restore(name)
@@ -257,18 +218,32 @@ class ChatStore:
 
     def _on_event(self, name: str, event: ConversationEvent) -> None:
         if event.kind in ("turn_finished", "rewound", "cleared", "restored", "model_changed"):
-            self._write_history(name, event.conversation)
-            self._schedule(name)
+            if self.autosave and not self.sidecar.writable and not self._closed:
+                if not folder_share.take_over(self):
+                    folder_share.save_beside(self, name, event.conversation)
+                return  # taking over saved every conversation
+            self.keep(name, event.conversation)
+
+    def keep(self, name: str, conv: Conversation) -> None:
+        """Save ``conv`` as ``name``: its history at once, its full session in the background."""
+        self._write_history(name, conv)
+        self._schedule(name)
 
     def _write_history(self, name: str, conv: Conversation) -> None:
         if not (self.autosave and self.sidecar.writable):
             return
+        self.write_history_file(self.sidecar.history_path(name), conv)
+
+    def write_history_file(self, path: Path, conv: Conversation) -> bool:
+        """Write ``conv``'s readable history, signed, to ``path``; False (and said) where that failed."""
         data = conv.history.to_json()
         data["model"] = {"spec": conv.model.spec, "name": conv.model.name}
         try:
-            atomic_write(self.sidecar.history_path(name), [json.dumps(data, ensure_ascii=False, indent=1).encode()])
+            atomic_write(path, [signing.history_document(data)])
         except StorageError as exc:
             self._save_failed(str(exc))
+            return False
+        return True
 
     def _schedule(self, name: str) -> None:
         if not (self.autosave and self.sidecar.writable) or self._closed:
@@ -329,6 +304,8 @@ class ChatStore:
         """Save everything and release the folder (kernel shutdown, restart, SIGTERM)."""
         if self._closed:
             return
+        if self.autosave and not self.sidecar.writable:
+            folder_share.take_over(self)
         self.flush()
         self._closed = True
         if self.autosave and self.sidecar.writable:
@@ -336,22 +313,10 @@ class ChatStore:
                 if conv.history.user_message_count and not conv.busy:
                     self._write_history(name, conv)
                     self.save(name)
+        elif self.autosave:
+            for name, conv in list(self.conversations.items()):
+                if conv.history.user_message_count and not conv.busy:
+                    folder_share.save_beside(self, name, conv, with_session=True)
         for unsubscribe in self._unsubscribe.values():
             unsubscribe()
         self.sidecar.release()
-
-
-def _as_history(value: object) -> ChatHistory | None:
-    return value if isinstance(value, ChatHistory) else None
-
-
-def _session_model_spec(path: Path) -> str | None:
-    """The model spec recorded in a session's header, read without loading the rest."""
-    from .session_format import read_header
-
-    try:
-        header = read_header(path)
-    except (LmchatError, OSError):
-        return None
-    spec = header.get("model_spec")
-    return spec if isinstance(spec, str) else None

@@ -29,6 +29,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["LMCHAT_CACHE_DIR"] = str(tmp_path_factory.mktemp("lmchat-cache"))
+    # This run's own signing secret, shared with the kernels it starts (they inherit the environment).
+    os.environ["LMCHAT_SECRET_FILE"] = str(tmp_path_factory.mktemp("lmchat-secret") / "secret")
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,82 @@
+"""Histories from the notebook's metadata: announced when the notebook opens, evaluated when first used.
+
+A notebook may carry up to 32 histories of 8 MB; evaluating them all when the frontend says hello
+would cost minutes of CPU before the user asked anything. Each one is compared with the sidecar
+(by message ids, which needs no model) and kept until its conversation is first used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .conversation import Conversation
+from .metadata import EmbeddedChat
+from .reconcile import Relation, free_name, relation
+
+if TYPE_CHECKING:
+    from .store import ChatStore
+
+__all__ = ["offer", "take", "size_note"]
+
+_CHARS_PER_TOKEN = 4  # a rough average for English text; said as "about"
+
+
+def size_note(chat: EmbeddedChat) -> str:
+    """How long a history is, before any tokenizer has seen it."""
+    chars = sum(len(m.content) for m in chat.history)
+    return f"{chat.history.message_count} messages, about {max(1, chars // _CHARS_PER_TOKEN):,} tokens"
+
+
+def _already_held(store: ChatStore, chat: EmbeddedChat) -> bool:
+    """Whether some conversation, in memory or waiting, holds all of ``chat`` already."""
+    held = [c.history for c in store.conversations.values()] + [p.history for p in store.embedded.values()]
+    return any(relation(h, chat.history) in (Relation.SAME, Relation.A_EXTENDS) for h in held)
+
+
+def offer(store: ChatStore, chat: EmbeddedChat) -> str | None:
+    """Keep ``chat`` for its first use; the line that says so, or None where the sidecar holds it all."""
+    if _already_held(store, chat):
+        return None
+    conv = store.conversations.get(chat.name)
+    have = conv.history if conv is not None else store.disk_history(chat.name)
+    note = ""
+    if have is not None and have.user_message_count:
+        if relation(have, chat.history) is Relation.DIVERGED:
+            other = free_name(chat.name, store.names(), "notebook")
+            note = f"; the sidecar's {chat.name!r} is another conversation, so the notebook's is kept as {other!r}"
+            chat = EmbeddedChat(other, chat.history, chat.model_spec)
+        else:
+            note = f"; it continues the {have.message_count} saved messages"
+    store.embedded[chat.name] = chat
+    return (
+        f"{chat.name}: {size_note(chat)}, history from the notebook's metadata{note}. It is evaluated when "
+        "the conversation is first used (%%chat or the chat widget)"
+    )
+
+
+def take(store: ChatStore, chat: EmbeddedChat, conv: Conversation | None) -> Conversation | None:
+    """Evaluate a waiting notebook history into its conversation (first use); the conversation to use."""
+    if conv is not None and conv.history.user_message_count:
+        found = relation(conv.history, chat.history)
+        if found in (Relation.SAME, Relation.A_EXTENDS):
+            return conv
+        if found is Relation.DIVERGED:  # the conversation changed since the notebook opened
+            other = free_name(chat.name, store.names(), "notebook")
+            store.embedded[other] = EmbeddedChat(other, chat.history, chat.model_spec)
+            store.notify(f"lmchat: the notebook's history of {chat.name!r} is another conversation; kept as {other!r}")
+            return conv
+        store.notify(f"lmchat: evaluating the notebook's newer turns of {chat.name!r} ({size_note(chat)})")
+        conv.history.messages.extend(chat.history.messages[len(conv.history) :])
+        conv.prefill(store.progress("Catching up"))
+        how = "continued from the notebook's metadata"
+    else:
+        store.notify(f"lmchat: evaluating {chat.name!r} from the notebook's metadata ({size_note(chat)})")
+        model = conv.model if conv is not None else store.model_for(None)
+        conv = Conversation.from_history(model, chat.history, progress=store.progress(f"Re-reading {chat.name}"))
+        how = "history from the notebook's metadata (evaluated again)"
+    store.adopt(chat.name, conv)
+    store.statuses[chat.name] = (
+        f"{chat.name}: {conv.info.message_count} messages, {conv.info.token_count} tokens — {how}"
+    )
+    store.keep(chat.name, conv)
+    return conv

@@ -1,0 +1,101 @@
+"""Restoring one conversation of a notebook from its sidecar files.
+
+The full session when it is signed by this user's kernels and matches the model and settings
+(instant), catching up with a newer history file where needed; otherwise the visible history,
+evaluated again on the kernel's own model. Unsigned files never choose the model.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .conversation import Conversation
+from .errors import LmchatError, SessionCorruptError, SessionMismatchError
+from .history import ChatHistory
+from .models import Model
+from .reconcile import Relation, move_aside, relation
+from .saved import read_saved, session_history, untrusted_model_note
+from .sidecar import SESSION_SUFFIX
+
+if TYPE_CHECKING:
+    from .store import ChatStore
+
+__all__ = ["restore", "catch_up"]
+
+
+def restore(store: ChatStore, name: str) -> Conversation | None:
+    """Restore ``name`` into ``store``; None when nothing is saved or nothing could be used (said)."""
+    session_path = store.sidecar.session_path(name)
+    history_path = store.sidecar.history_path(name)
+    saved = read_saved(store.sidecar, name)
+    for problem in saved.problems:
+        store.notify(f"lmchat: {problem}")
+    if not saved.exists:
+        return None
+    history, source = saved.history, history_path.name
+    model = store.model_for(saved.trusted_spec())
+    told = untrusted_model_note(name, saved, model.spec, model.name, store.active)
+    if told is not None:
+        store.notify(told)
+    conv: Conversation | None = None
+    note = ""
+    if saved.has_session and saved.header is not None and not saved.session_signed:
+        # Its tokens and KV state are not what the user can read: only the visible history is used.
+        inside = session_history(session_path)
+        if inside is not None and (history is None or relation(inside, history) is Relation.A_EXTENDS):
+            history, source = inside, session_path.name
+        note = "the saved session is not signed by this user's kernels (copied?), so its KV state was not used"
+    elif saved.has_session:
+        try:
+            conv = Conversation.restore(model, session_path, progress=store.progress(f"Restoring {name}"))
+            note = conv.restored_from or ""
+        except SessionMismatchError as exc:
+            note = f"the saved session belongs to another model or settings ({', '.join(exc.differences)})"
+            history = history or _as_history(exc.history)
+        except (SessionCorruptError, LmchatError) as exc:
+            note = f"the saved session could not be used: {exc}"
+    behind = False
+    if conv is not None and history is not None:
+        conv, behind = catch_up(store, conv, history, model, name)
+        if behind:
+            note += "; caught up with the newer history"
+    if conv is None and history is not None:
+        conv = Conversation.from_history(model, history, progress=store.progress(f"Re-reading {name}"))
+        note = f"history from {source}" + (f"; {note}" if note else "")
+    if conv is None:
+        store.notify(f"lmchat: {name!r} could not be restored: {note}")
+        return None
+    store.adopt(name, conv)
+    if behind:
+        store.keep(name, conv)  # else every restart would catch up again
+    store.statuses[name] = f"{name}: {conv.info.message_count} messages, {conv.info.token_count} tokens — {note}"
+    return conv
+
+
+def catch_up(
+    store: ChatStore, conv: Conversation, history: ChatHistory, model: Model, name: str
+) -> tuple[Conversation, bool]:
+    """Bring a restored session up to the (newer or equal) history written after each turn.
+
+    Returns the conversation and whether it differs from the saved session (then it needs saving).
+    A session that differs from the history is moved aside, not overwritten.
+    """
+    found = relation(history, conv.history)
+    if found is Relation.A_EXTENDS:
+        conv.history.messages.extend(history.messages[len(conv.history) :])
+        conv.prefill(store.progress("Catching up"))
+        return conv, True
+    if found in (Relation.SAME, Relation.B_EXTENDS):
+        return conv, False  # B_EXTENDS: the session is newer than the history file
+    if store.sidecar.writable:
+        kept = move_aside(store.sidecar.folder, name, [SESSION_SUFFIX])
+        if kept is not None:
+            store.notify(
+                f"lmchat: {name!r}: its session differs from its history file; the history is used, and the "
+                f"session is kept as {kept!r} in {store.sidecar.folder}"
+            )
+    return Conversation.from_history(model, history, progress=store.progress("Re-reading")), True
+
+
+def _as_history(value: object) -> ChatHistory | None:
+    return value if isinstance(value, ChatHistory) else None

@@ -1,0 +1,89 @@
+"""Sidecar files from someone else never choose the model; this user's own files restore instantly."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+from lmchat_jupyter import signing
+from lmchat_jupyter.model_specs import default_model_path
+from lmchat_jupyter.session_format import read_header
+
+from .kernel_driver import KernelDriver, notebook_file
+
+CHAT = "%%chat --temperature 0 --max-tokens 6\n"
+CURRENT = "__import__('lmchat_jupyter').current()"
+
+
+def maps_of(k: KernelDriver, file_name: str) -> int:
+    """How many mappings of ``file_name`` the kernel process has (llama.cpp maps the GGUF it loads)."""
+    return int(k.value(f"open('/proc/self/maps').read().count({file_name!r})"))
+
+
+def test_a_foreign_sidecar_never_chooses_the_model(tmp_path: Path, gemma_file: Path) -> None:
+    notebook = notebook_file(tmp_path, "cloned.ipynb")
+    # Someone else chats on Gemma; their sidecar folder travels with the notebook (git, zip, shared drive).
+    other = KernelDriver(notebook, tmp_path, extra_env={signing.SECRET_ENV_VAR: str(tmp_path / "their secret")})
+    try:
+        assert other.run("%load_ext lmchat").error is None
+        run = other.run(f"%%chat --model {shlex.quote(str(gemma_file))} --temperature 0 --max-tokens 6\nHi.", "c1")
+        assert run.error is None, run.text
+    finally:
+        other.shutdown()
+    folder = tmp_path / "cloned.lmchat"
+    assert read_header(folder / "default.lmsession")["model_spec"] == str(gemma_file)
+    assert json.loads((folder / "default.history.json").read_text())["model"]["spec"] == str(gemma_file)
+
+    k = KernelDriver(notebook, tmp_path)
+    try:
+        loaded = k.run("%load_ext lmchat")
+        assert loaded.error is None, loaded.text
+        # Told which model the session was saved with, and the exact line that continues on it.
+        assert "did not sign" in loaded.stdout, loaded.text
+        assert f"`%chat model {shlex.quote(str(gemma_file))}`" in loaded.stdout, loaded.text
+        assert "restored default: 2 messages" in loaded.stdout and "KV state was not used" in loaded.stdout
+        assert k.value(f"{CURRENT}.model.path.name") == default_model_path().name
+        assert maps_of(k, gemma_file.name) == 0  # Gemma was never loaded
+        assert k.run(CHAT + "My name is Ada.", cell_id="c2").error is None
+    finally:
+        k.shutdown()
+
+    # This user's own files now: the next restart restores the full session at once, on the model it used.
+    header = read_header(folder / "default.lmsession")
+    assert signing.header_is_signed(header)
+    k = KernelDriver(notebook, tmp_path)
+    try:
+        loaded = k.run("%load_ext lmchat")
+        assert "restored default: 4 messages" in loaded.stdout and "full session" in loaded.stdout, loaded.text
+        assert "did not sign" not in loaded.stdout
+    finally:
+        k.shutdown()
+
+
+def test_this_users_signed_model_choice_is_followed(tmp_path: Path, gemma_file: Path) -> None:
+    notebook = notebook_file(tmp_path, "mine.ipynb")
+    k = KernelDriver(notebook, tmp_path)
+    try:
+        k.run("%load_ext lmchat")
+        run = k.run(f"%%chat --model {shlex.quote(str(gemma_file))} --temperature 0 --max-tokens 6\nHi.", "c1")
+        assert run.error is None, run.text
+    finally:
+        k.shutdown()
+    k = KernelDriver(notebook, tmp_path)
+    try:
+        loaded = k.run("%load_ext lmchat")
+        assert "full session" in loaded.stdout and "did not sign" not in loaded.stdout, loaded.text
+        assert k.value(f"{CURRENT}.model.path.name") == gemma_file.name
+    finally:
+        k.shutdown()
+
+
+def test_signatures() -> None:
+    header = {"model_spec": "hf:a/b/c.gguf", "sections": [{"name": "kv", "xxh3": "00"}]}
+    signed = signing.sign_header(header)
+    assert signing.header_is_signed(json.loads(json.dumps(signed)))
+    for tampered in ({**signed, "model_spec": "hf:evil/x/y.gguf"}, {**signed, "signature": "0" * 64}, header):
+        assert not signing.header_is_signed(tampered)
+    secret = signing.secret_path()
+    assert secret.stat().st_mode & 0o777 == 0o600
