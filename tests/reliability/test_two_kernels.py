@@ -1,9 +1,10 @@
 """Two kernels on one notebook's sidecar folder, and session files changing under a restore.
 
 The first store takes the folder's lock and saves; a second one, in another process, is told the
-folder is in use, restores what the first saved, goes on in memory and writes nothing. While the
-first saves again and again, the second restores again and again: since saves replace files by
-renaming a complete temp file, every restore sees a whole session, never a torn one.
+folder is in use, restores what the first saved, goes on and never writes the first one's files
+(what only it has goes beside them, under a name of its own). While the first saves again and
+again, the second restores again and again: since saves replace files by renaming a complete temp
+file, every restore sees a whole session, never a torn one.
 """
 
 from __future__ import annotations
