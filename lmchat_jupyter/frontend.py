@@ -2,7 +2,8 @@
 
 Frontend → kernel (comm target ``lmchat``): ``{"type": "hello", "notebook_path", "metadata"}`` when a
 kernel starts or restarts, ``{"type": "path", "notebook_path"}`` after a rename. Kernel → frontend:
-``{"type": "metadata", "value"}``, the history to store under ``metadata.lmchat``. When the
+``{"type": "metadata", "value"}``, the history to store under ``metadata.lmchat``, and ``{"type": "strip"}``
+to remove it. When the
 extension loads after the notebook opened, the kernel opens ``lmchat.frontend`` to ask for a hello.
 Without the extension the kernel reads ``metadata.lmchat`` from the .ipynb on disk.
 """
@@ -17,7 +18,14 @@ from typing import Any
 from . import kernel
 from .errors import LmchatError
 from .events import ConversationEvent
-from .metadata import METADATA_FORMAT, build_metadata, parse_metadata, read_notebook_metadata
+from .metadata import (
+    METADATA_FORMAT,
+    build_metadata,
+    embed_setting,
+    parse_metadata,
+    read_notebook_metadata,
+    strip_notebook_file,
+)
 
 __all__ = ["register", "unregister", "FrontendBridge"]
 
@@ -33,6 +41,10 @@ class FrontendBridge:
     def __init__(self) -> None:
         self.comms: list[Any] = []
         self.server_root: Path | None = None
+        #: What the notebook carries of its chats (``%chat config --embed``); the notebook's metadata says which.
+        self.embed = "full"
+        #: Whether the JupyterLab extension said hello: then it, not the file on disk, holds the metadata.
+        self.extension_seen = False
         self._listening: set[int] = set()
 
     # --- incoming -------------------------------------------------------------------------------
@@ -55,6 +67,7 @@ class FrontendBridge:
             if kind in ("hello", "path"):
                 self._set_path(data.get("notebook_path"))
             if kind == "hello":
+                self.extension_seen = True
                 self._take_metadata(data.get("metadata"))
                 self.push()
         except LmchatError as exc:
@@ -81,6 +94,7 @@ class FrontendBridge:
         return (self.server_root / rel).resolve()
 
     def _take_metadata(self, value: object) -> None:
+        self.embed = embed_setting(value) or self.embed
         chats = parse_metadata(value)
         if chats:
             for line in kernel.chats().store.offer_embedded(chats):
@@ -107,7 +121,7 @@ class FrontendBridge:
         self._listen()
         try:
             store = kernel.chats().store
-            value = build_metadata(store.conversations, store.embedded)
+            value = build_metadata(store.conversations, store.embedded, self.embed)
         except LmchatError as exc:
             print(f"lmchat: {exc}")
             return
@@ -120,6 +134,29 @@ class FrontendBridge:
             except Exception:  # a closed comm must not break a turn
                 log.debug("lmchat: dropping a dead comm", exc_info=True)
                 self.comms.remove(comm)
+
+    def set_embed(self, embed: str) -> None:
+        """Choose what the notebook carries, and write the choice (with what it allows) into its metadata."""
+        self.embed = embed
+        self.push()
+
+    def strip(self) -> str:
+        """Remove lmchat's metadata from the notebook: through the extension, else from the .ipynb on disk."""
+        if self.extension_seen and self.comms:
+            for comm in list(self.comms):
+                try:
+                    comm.send({"type": "strip"})
+                except Exception:  # a closed comm must not break the command
+                    self.comms.remove(comm)
+            return "removed lmchat's metadata from the notebook; save the notebook to write it"
+        notebook = kernel.chats().notebook_path()
+        if notebook is None or notebook.suffix != ".ipynb" or not notebook.is_file():
+            return "no notebook is known to this kernel; nothing was changed"
+        try:
+            removed = strip_notebook_file(notebook)
+        except (OSError, ValueError) as exc:
+            raise LmchatError(f"could not strip {notebook.name}: {exc}") from None
+        return f"removed lmchat's metadata from {notebook}" if removed else f"{notebook.name} holds no lmchat metadata"
 
     def ask_frontend(self) -> None:
         """Open a comm to the frontend (if it has the extension) so that it says hello."""

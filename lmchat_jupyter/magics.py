@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,15 @@ from IPython.core.magic_arguments import ArgDecorator, MagicArgumentParser, argu
 from IPython.display import Markdown, display
 
 from . import kernel
+from .cell_message import CellMessage, prepare
 from .conversation import Conversation
 from .errors import LmchatError
+from .events import ConversationEvent
 from .history import ChatHistory
+from .metadata import EMBED_SETTINGS
+from .notebook_context import ErrorLog, parse_context, record_error
 from .output import AnswerDisplay, show_stored, stats_line
-from .replay import cell_turns, decide
+from .replay import Decision, cell_turns, decide
 from .safe_markdown import safe_markdown
 
 __all__ = ["ChatMagics", "load", "unload"]
@@ -76,9 +81,13 @@ _CELL = _declare(
     "%chat",  # the help's usage line puts the second % in front
     """Cell magic -- the cell is your message; the answer streams below it.
 
-    Re-running a cell whose message is already in the conversation shows its stored answer
-    again without generating; an edited message rewinds the conversation to that cell and
-    answers anew; --regen answers anew even when the message is unchanged. A model SPEC is a path
+    {name} or {expression} puts a value from the kernel into the message: {df.shape}, {In[3]},
+    {Out[3]}, {Err[3]} (cell 3's traceback); {{ and }} are literal braces, and braces that hold
+    no expression over the notebook's names stay as typed. What the model received is what the
+    conversation keeps. Re-running a cell whose message (values included) is already in the
+    conversation shows its stored answer again without generating; an edited message or a changed
+    value rewinds the conversation to that cell and answers anew; --regen answers anew even when
+    the message is unchanged. A model SPEC is a path
     to a .gguf file or hf:OWNER/REPO/FILE.gguf; without one the embedded default
     (SmolLM2-135M-Instruct) is used.
     """,
@@ -89,6 +98,8 @@ _CELL = _declare(
     argument("--max-tokens", type=int, metavar="N", help="stop the answer after N tokens"),
     argument("--seed", type=int, metavar="S", help="sampling seed, for answers that repeat"),
     argument("--regen", action="store_true", help="answer anew even when the message is unchanged"),
+    argument("--raw", action="store_true", help="send the cell as typed: no {name} values put in"),
+    argument("--context", metavar="WHAT", help="add cell (the cell run before), cells:N or error (the last one)"),
 )
 _LINE = _declare(
     "chat",
@@ -110,8 +121,10 @@ _LINE = _declare(
         argument("--autosave", choices=["on", "off"]),
         argument("--notebook", metavar="PATH"),
         argument("--n-ctx", type=int, metavar="N"),
+        argument("--embed", choices=EMBED_SETTINGS, help="what the .ipynb carries of its chats (kept in it)"),
         help="show or change the settings",
     ),
+    subcommand("strip", help="remove lmchat's metadata from the notebook (before sharing it)"),
     subcommand("widget", argument("--name", "-n", default=None), help="the chat widget on the same conversation"),
 )
 
@@ -119,8 +132,8 @@ _LINE = _declare(
 def _parse(parser: MagicArgumentParser, prog: str, words: list[str]) -> argparse.Namespace:
     try:
         return parser.parse_args(words)
-    except _ArgumentError:
-        raise
+    except _ArgumentError as exc:  # IPython shows a one-line message only for UsageError itself, not a subclass
+        raise UsageError(str(exc)) from None
     except UsageError as exc:  # one line, no traceback, as IPython magics do
         raise UsageError(f"{prog}: {exc}. See %chat? for help.") from None
 
@@ -144,9 +157,13 @@ class ChatMagics(Magics):
 
     def _cell(self, line: str, cell: str) -> None:
         args = _parse(_CELL, "%%chat", _split(line))
-        prompt = cell.strip()
-        if not prompt:
+        if not cell.strip():
             raise UsageError("%%chat: the cell is empty; write your message below the %%chat line")
+        try:
+            context = parse_context(args.context) if args.context is not None else None
+            message = prepare(cell.strip(), self.shell, raw=args.raw, context=context)
+        except ValueError as exc:
+            raise UsageError(f"%%chat: {exc}") from None
         state = kernel.chats(self.shell)
         store = state.store
         name = args.name or store.active
@@ -155,7 +172,9 @@ class ChatMagics(Magics):
         if args.model is not None and args.model != (conv.model.spec or None):
             conv.switch_model(store.model_for(args.model), progress=store.progress("Re-reading"))
         order = state.replay_cursor.get(name, 0)
-        decision = decide(conv.history, prompt, state.cell_id, order, regen=args.regen)
+        decision = decide(conv.history, message.text, state.cell_id, order, regen=args.regen)
+        if decision.action == "rewind" and not args.regen:
+            decision = _keep_if_names_gone(decision, conv, message)
         if decision.action == "replay":
             assert decision.index is not None
             state.replay_cursor[name] = cell_turns(conv.history).index(decision.index) + 1
@@ -171,12 +190,18 @@ class ChatMagics(Magics):
             for key, value in (("temperature", args.temperature), ("max_tokens", args.max_tokens), ("seed", args.seed))
             if value is not None
         }
+        for note in message.notes():
+            print(f"lmchat: {note}")
+        if message.added:
+            display(Markdown(message.added_markdown(_token_cost(conv, message))))
         out = AnswerDisplay()
-        turn = conv.stream(prompt, cell_id=state.cell_id, **options)
+        turn = conv.stream(message.text, cell_id=state.cell_id, **options)
+        untag = _tag_user_message(conv, message.meta())
         try:
             for piece in turn:
                 out.add(piece)
         finally:
+            untag()
             result = turn.result
             if result is not None:
                 out.finish(result.text, stats_line(result, conv.model.n_ctx, conv.info.token_count))
@@ -201,6 +226,11 @@ class ChatMagics(Magics):
             return None
         if command == "config":
             return self._config(args, state)
+        if command == "strip":
+            from . import frontend
+
+            print(f"lmchat: {frontend.bridge().strip()}")
+            return None
         if command == "widget":
             from .widget import ChatWidget
 
@@ -246,10 +276,15 @@ class ChatMagics(Magics):
             from dataclasses import replace
 
             store.settings = replace(store.settings, n_ctx=args.n_ctx)
+        from . import frontend
+
+        if args.embed is not None:
+            frontend.bridge().set_embed(args.embed)
         print(
             f"autosave: {'on' if store.autosave else 'off'}\n"
             f"sidecar: {store.sidecar.folder}{'' if store.sidecar.writable else ' (read-only here)'}\n"
-            f"n_ctx: {store.settings.n_ctx or 'default (8192, capped by the model)'}"
+            f"n_ctx: {store.settings.n_ctx or 'default (8192, capped by the model)'}\n"
+            f"embed: {frontend.bridge().embed} (kept in the notebook's metadata)"
         )
 
     def _load(self, path: Path, store: Any) -> None:
@@ -295,6 +330,39 @@ def _wait_until_free(conv: Conversation) -> None:
         time.sleep(0.05)
 
 
+def _keep_if_names_gone(decision: Decision, conv: Conversation, message: CellMessage) -> Decision:
+    """A stored turn whose values came from names this kernel lost (a restart) is shown, not asked anew."""
+    assert decision.index is not None
+    answered = decision.index + 1 < len(conv.history) and conv.history[decision.index + 1].role == "assistant"
+    gone = message.gone_since(conv.history[decision.index])
+    if not (answered and gone):
+        return decision
+    print(
+        f"lmchat: {', '.join(gone)} cannot be filled in: this kernel does not have the values the answer below "
+        "was given (it restarted since). Showing the stored answer; run the cells that make them, then this "
+        "cell again, to ask anew."
+    )
+    return Decision("replay", decision.index)
+
+
+def _tag_user_message(conv: Conversation, meta: dict[str, Any]) -> Callable[[], None]:
+    """Keep ``meta`` with the turn's user message (the names its values came from, its --context)."""
+
+    def tag(event: ConversationEvent) -> None:
+        if event.kind == "turn_started" and event.message is not None:
+            event.message.meta.update(meta)
+
+    return conv.subscribe(tag) if meta else lambda: None
+
+
+def _token_cost(conv: Conversation, message: CellMessage) -> int:
+    """Tokens the added values and context cost the message (a count, so one tokenizer call each)."""
+    from .rendering import ChatRenderer
+
+    tokenize = ChatRenderer(conv.model).tokenize
+    return max(0, len(tokenize(message.text)) - len(tokenize(message.typed)))
+
+
 def _describe(conv: Conversation, name: str, state: kernel.KernelChats) -> str:
     info = conv.info
     store = state.store
@@ -324,6 +392,10 @@ def _on_pre_run_cell(info: Any) -> None:
     kernel.chats().cell_id = getattr(info, "cell_id", None)
 
 
+def _on_post_run_cell(result: Any) -> None:
+    record_error(kernel.chats().shell, result.execution_count, result.error_in_exec or result.error_before_exec)
+
+
 def load(ipython: Any) -> None:
     """Register the magics (idempotent), restore the sidecar's conversations and say what came back."""
     state = kernel.chats(ipython)
@@ -331,6 +403,8 @@ def load(ipython: Any) -> None:
         return
     ipython.register_magics(ChatMagics)
     ipython.events.register("pre_run_cell", _on_pre_run_cell)
+    ipython.events.register("post_run_cell", _on_post_run_cell)
+    ipython.user_ns.setdefault("Err", ErrorLog())
     state._magics_loaded = True  # type: ignore[attr-defined]
     for line in state.store.restore_all():
         print(f"lmchat: restored {line}")
@@ -348,6 +422,7 @@ def unload(ipython: Any) -> None:
 
     frontend.unregister(ipython)
     ipython.events.unregister("pre_run_cell", _on_pre_run_cell)
+    ipython.events.unregister("post_run_cell", _on_post_run_cell)
     magics = ipython.magics_manager.magics
     magics["line"].pop("chat", None)
     magics["cell"].pop("chat", None)

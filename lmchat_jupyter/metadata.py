@@ -2,8 +2,13 @@
 
 Shape (format 1)::
 
-    {"format": 1, "conversations": {NAME: {"id": ..., "model": {"spec", "name", "sha256"},
-                                            "messages": [{"id", "role", "content", "cell_id"?}, ...]}}}
+    {"format": 1, "embed"?: "full" | "metadata-only" | "off",
+     "conversations"?: {NAME: {"id": ..., "model": {"spec", "name", "sha256"},
+                               "messages": [{"id", "role", "content", "cell_id"?, "meta"?}, ...]}}}
+
+``embed`` is the notebook's own choice of what it carries (absent: ``full``). With ``metadata-only``
+each message keeps its id, role, cell id and ``length`` (characters) but no text, so the notebook
+shows where its chats were without sharing them; with ``off`` only the choice itself is kept.
 
 Limits: the whole value at most ``MAX_METADATA_BYTES``, at most ``MAX_CONVERSATIONS`` conversations,
 and each history within :data:`lmchat_jupyter.history.LIMITS`. Names must pass
@@ -18,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import HistoryFormatError, LmchatError
-from .history import HISTORY_FORMAT, ChatHistory
+from .history import HISTORY_FORMAT, ChatHistory, Message
 from .sidecar import check_name
 
 if TYPE_CHECKING:
@@ -28,9 +33,12 @@ __all__ = [
     "EmbeddedChat",
     "METADATA_KEY",
     "METADATA_FORMAT",
+    "EMBED_SETTINGS",
     "build_metadata",
+    "embed_setting",
     "parse_metadata",
     "read_notebook_metadata",
+    "strip_notebook_file",
 ]
 
 METADATA_KEY = "lmchat"
@@ -38,6 +46,8 @@ METADATA_FORMAT = 1
 MAX_METADATA_BYTES = 8 * 1024 * 1024
 MAX_CONVERSATIONS = 32
 MAX_NOTEBOOK_BYTES = 256 * 1024 * 1024
+#: What a notebook carries of its chats: everything, the outline without text, or nothing.
+EMBED_SETTINGS = ("full", "metadata-only", "off")
 
 
 @dataclass(frozen=True)
@@ -50,19 +60,26 @@ class EmbeddedChat:
 
 
 def build_metadata(
-    conversations: dict[str, Conversation], waiting: dict[str, EmbeddedChat] | None = None
+    conversations: dict[str, Conversation], waiting: dict[str, EmbeddedChat] | None = None, embed: str = "full"
 ) -> dict[str, Any] | None:
-    """The value to store under ``metadata.lmchat``; None when there is nothing to embed.
+    """The value to store under ``metadata.lmchat`` for the ``embed`` setting; None when there is nothing to embed.
 
     ``waiting`` are the notebook's histories not evaluated yet: they stay in the notebook as they are.
     """
+    if embed not in EMBED_SETTINGS:
+        raise ValueError(f"embed={embed!r}; choose one of {', '.join(EMBED_SETTINGS)}")
+    value: dict[str, Any] = {"format": METADATA_FORMAT}
+    if embed != "full":
+        value["embed"] = embed  # absent means full, as every notebook written before the setting existed
+    if embed == "off":
+        return value
     out: dict[str, Any] = {}
     for name, chat in (waiting or {}).items():
         if name not in conversations:
             out[name] = {
                 "id": chat.history.conversation_id,
                 "model": {"spec": chat.model_spec},
-                "messages": [m.to_json() for m in chat.history],
+                "messages": [m.to_json() if embed == "full" else _outline(m) for m in chat.history],
             }
     for name, conv in conversations.items():
         if not conv.history.message_count:
@@ -70,11 +87,11 @@ def build_metadata(
         out[name] = {
             "id": conv.history.conversation_id,
             "model": {"spec": conv.model.spec, "name": conv.model.name, "sha256": conv.model.sha256},
-            "messages": [m.to_json() for m in conv.history],
+            "messages": [m.to_json() if embed == "full" else _outline(m) for m in conv.history],
         }
     if not out:
-        return None
-    value = {"format": METADATA_FORMAT, "conversations": out}
+        return value if embed != "full" else None
+    value["conversations"] = out
     if len(json.dumps(value, ensure_ascii=False).encode()) > MAX_METADATA_BYTES:
         raise LmchatError(
             f"the chat history is over {MAX_METADATA_BYTES // 2**20} MB, too big to embed in the notebook; "
@@ -83,8 +100,27 @@ def build_metadata(
     return value
 
 
+def _outline(message: Message) -> dict[str, Any]:
+    """A message without its text: what ``metadata-only`` keeps."""
+    data: dict[str, Any] = {"id": message.id, "role": message.role, "length": len(message.content)}
+    if message.cell_id is not None:
+        data["cell_id"] = message.cell_id
+    return data
+
+
+def embed_setting(value: object) -> str | None:
+    """The ``embed`` choice a notebook's ``metadata.lmchat`` holds (``full`` when it has none), else None."""
+    if not isinstance(value, dict):
+        return None
+    embed = value.get("embed", "full")
+    return embed if isinstance(embed, str) and embed in EMBED_SETTINGS else None
+
+
 def parse_metadata(value: object) -> list[EmbeddedChat]:
-    """Check untrusted ``metadata.lmchat`` and return its conversations; HistoryFormatError says what is wrong."""
+    """Check untrusted ``metadata.lmchat`` and return its conversations; HistoryFormatError says what is wrong.
+
+    A notebook that embeds ``metadata-only`` or ``off`` holds no conversation to restore: none is returned.
+    """
     if value is None:
         return []
     if not isinstance(value, dict):
@@ -102,6 +138,11 @@ def parse_metadata(value: object) -> list[EmbeddedChat]:
     fmt = value.get("format")
     if type(fmt) is not int or fmt != METADATA_FORMAT:  # not True, not 1.0
         raise HistoryFormatError(f"notebook metadata 'lmchat' has format {fmt!r}; this lmchat reads {METADATA_FORMAT}")
+    embed = value.get("embed", "full")
+    if embed not in EMBED_SETTINGS:
+        raise HistoryFormatError(f"notebook metadata 'lmchat' has embed {embed!r}; expected one of {EMBED_SETTINGS}")
+    if embed != "full":
+        return []
     conversations = value.get("conversations")
     if not isinstance(conversations, dict):
         raise HistoryFormatError("notebook metadata 'lmchat' has no 'conversations' object")
@@ -138,3 +179,17 @@ def read_notebook_metadata(path: Path) -> object:
         return None
     metadata = notebook.get("metadata") if isinstance(notebook, dict) else None
     return metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
+
+
+def strip_notebook_file(path: Path) -> bool:
+    """Remove ``metadata.lmchat`` from the .ipynb at ``path``, written atomically; whether there was one."""
+    from .atomic import atomic_write
+
+    notebook = json.loads(path.read_text(encoding="utf-8"))
+    metadata = notebook.get("metadata") if isinstance(notebook, dict) else None
+    if not isinstance(metadata, dict) or METADATA_KEY not in metadata:
+        return False
+    del metadata[METADATA_KEY]
+    # nbformat's own layout (one-space indent, text as is, a final newline): the diff shows only the removal.
+    atomic_write(path, [(json.dumps(notebook, ensure_ascii=False, indent=1, sort_keys=True) + "\n").encode("utf-8")])
+    return True

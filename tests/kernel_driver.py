@@ -21,6 +21,8 @@ class CellRun:
     stderr: str = ""
     displays: list[str] = field(default_factory=list)
     error: str | None = None
+    #: The data of each comm message the kernel sent while running (to the JupyterLab extension, a widget).
+    comms: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -92,6 +94,8 @@ class KernelDriver:
                 if key not in displays:
                     order.append(key)
                 displays[key] = text
+            elif kind == "comm_msg":
+                out.comms.append(body.get("data") or {})
             elif kind == "error":
                 out.error = f"{body['ename']}: {body['evalue']}"
             elif kind == "status" and body["execution_state"] == "idle":

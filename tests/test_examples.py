@@ -20,7 +20,7 @@ def copy_example(name: str, tmp_path: Path) -> Path:
     return target
 
 
-@pytest.mark.parametrize("name", ["quickstart.ipynb", "restart-and-rerun.ipynb"])
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "restart-and-rerun.ipynb", "ask-about-a-dataframe.ipynb"])
 def test_example_runs_under_nbval(name: str, tmp_path: Path) -> None:
     notebook = copy_example(name, tmp_path)
     done = subprocess.run(
@@ -59,3 +59,15 @@ def test_run_all_after_restart_replays_without_generating(tmp_path: Path) -> Non
     assert all("not generated again" in t for t in replayed), replayed
     for before, after in zip(generated, replayed, strict=True):
         assert before.split("<sub>")[0].strip() == after.split("<sub>")[0].strip()
+
+
+def test_dataframe_example_sends_the_table_and_the_traceback(tmp_path: Path) -> None:
+    notebook = copy_example("ask-about-a-dataframe.ipynb", tmp_path)
+    nb = nbformat.read(notebook, as_version=4)
+    NotebookClient(nb, timeout=600, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    question, explained, raw = outputs(nb)
+    assert "lmchat added 2 values" in question and "DataFrame (8 rows × 3 columns; the first 5 shown)" in question
+    assert "&#x27;North&#x27;: 450" in question and "tok/s" in question
+    assert "lmchat added 2 values" in explained
+    assert "KeyError: &#x27;revenue&#x27;" in explained and "\x1b" not in explained
+    assert "lmchat added" not in raw and "tok/s" in raw

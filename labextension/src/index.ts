@@ -149,6 +149,11 @@ class NotebookLink {
       this.send(comm, this.hello());
     } else if (type === 'metadata') {
       this.setMetadata((data as JSONObject).value);
+    } else if (type === 'strip') {
+      // `%chat strip`: the notebook is to be shared without its chats.
+      if (this.context.model.getMetadata(METADATA_KEY) !== undefined) {
+        this.context.model.deleteMetadata(METADATA_KEY);
+      }
     } else {
       console.warn('lmchat: ignoring unknown comm message', data);
     }
