@@ -26,14 +26,14 @@ def conversations(model: Model) -> dict[str, Conversation]:
 
 
 def test_full_is_the_history_as_before(conversations: dict[str, Conversation]) -> None:
-    value = build_metadata(conversations, "full")
+    value = build_metadata(conversations, embed="full")
     assert value is not None and "embed" not in value  # older lmchat reads it unchanged
     [chat] = parse_metadata(value)
     assert [m.content for m in chat.history] == [SECRET, "Noted."] and embed_setting(value) == "full"
 
 
 def test_metadata_only_keeps_ids_roles_cells_and_lengths(conversations: dict[str, Conversation]) -> None:
-    value = build_metadata(conversations, "metadata-only")
+    value = build_metadata(conversations, embed="metadata-only")
     assert value is not None and value["embed"] == "metadata-only"
     messages = value["conversations"]["default"]["messages"]
     assert [(m["role"], m["cell_id"], m["length"]) for m in messages] == [
@@ -46,11 +46,11 @@ def test_metadata_only_keeps_ids_roles_cells_and_lengths(conversations: dict[str
 
 
 def test_off_keeps_only_the_choice(conversations: dict[str, Conversation]) -> None:
-    value = build_metadata(conversations, "off")
+    value = build_metadata(conversations, embed="off")
     assert value == {"format": 1, "embed": "off"}
     assert parse_metadata(value) == [] and embed_setting(value) == "off"
-    assert build_metadata({}, "metadata-only") == {"format": 1, "embed": "metadata-only"}
-    assert build_metadata({}, "full") is None
+    assert build_metadata({}, embed="metadata-only") == {"format": 1, "embed": "metadata-only"}
+    assert build_metadata({}, embed="full") is None
 
 
 def test_an_unknown_embed_value_is_refused() -> None:
