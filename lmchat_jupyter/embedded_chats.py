@@ -11,20 +11,17 @@ from typing import TYPE_CHECKING
 
 from .conversation import Conversation
 from .metadata import EmbeddedChat
-from .reconcile import Relation, free_name, relation
+from .reconcile import Relation, free_name, length_note, relation
 
 if TYPE_CHECKING:
     from .store import ChatStore
 
 __all__ = ["offer", "take", "size_note"]
 
-_CHARS_PER_TOKEN = 4  # a rough average for English text; said as "about"
-
 
 def size_note(chat: EmbeddedChat) -> str:
     """How long a history is, before any tokenizer has seen it."""
-    chars = sum(len(m.content) for m in chat.history)
-    return f"{chat.history.message_count} messages, about {max(1, chars // _CHARS_PER_TOKEN):,} tokens"
+    return length_note(chat.history)
 
 
 def _already_held(store: ChatStore, chat: EmbeddedChat) -> bool:

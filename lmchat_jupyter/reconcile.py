@@ -16,10 +16,11 @@ from pathlib import Path
 
 from .history import ChatHistory
 
-__all__ = ["Relation", "relation", "free_name", "REPLACED_MARK", "move_aside", "is_backup_name"]
+__all__ = ["Relation", "relation", "free_name", "REPLACED_MARK", "move_aside", "is_backup_name", "length_note"]
 
 MAX_NAME = 64
 REPLACED_MARK = ".replaced-"
+_CHARS_PER_TOKEN = 4  # a rough average for English text; said as "about"
 
 
 class Relation(Enum):
@@ -41,6 +42,12 @@ def relation(a: ChatHistory, b: ChatHistory) -> Relation:
     if ids_b[: len(ids_a)] == ids_a:
         return Relation.B_EXTENDS
     return Relation.DIVERGED
+
+
+def length_note(history: ChatHistory) -> str:
+    """How long a history is, before any tokenizer has seen it: "6 messages, about 120 tokens"."""
+    chars = sum(len(m.content) for m in history)
+    return f"{history.message_count} messages, about {max(1, chars // _CHARS_PER_TOKEN):,} tokens"
 
 
 def free_name(base: str, taken: Iterable[str], tag: str) -> str:

@@ -13,14 +13,14 @@ from .conversation import Conversation
 from .errors import LmchatError, SessionCorruptError, SessionMismatchError
 from .history import ChatHistory
 from .models import Model
-from .reconcile import Relation, move_aside, relation
-from .saved import read_saved, session_history, untrusted_model_note
+from .reconcile import Relation, length_note, move_aside, relation
+from .saved import SavedChat, read_saved, session_history, untrusted_model_note
 from .sidecar import SESSION_SUFFIX
 
 if TYPE_CHECKING:
     from .store import ChatStore
 
-__all__ = ["restore", "catch_up"]
+__all__ = ["restore", "catch_up", "waiting_note"]
 
 
 def restore(store: ChatStore, name: str) -> Conversation | None:
@@ -34,9 +34,7 @@ def restore(store: ChatStore, name: str) -> Conversation | None:
         return None
     history, source = saved.history, history_path.name
     model = store.model_for(saved.trusted_spec())
-    told = untrusted_model_note(name, saved, model.spec, model.name, store.active)
-    if told is not None:
-        store.notify(told)
+    _tell_once(store, name, untrusted_model_note(name, saved, model.spec, model.name, store.active))
     conv: Conversation | None = None
     note = ""
     if saved.has_session and saved.header is not None and not saved.session_signed:
@@ -70,6 +68,35 @@ def restore(store: ChatStore, name: str) -> Conversation | None:
         store.keep(name, conv)  # else every restart would catch up again
     store.statuses[name] = f"{name}: {conv.info.message_count} messages, {conv.info.token_count} tokens — {note}"
     return conv
+
+
+def _tell_once(store: ChatStore, name: str, message: str | None) -> None:
+    """Say which model unsigned files name once per conversation (at ``%load_ext``, or else at first use)."""
+    if message is not None and name not in store.said:
+        store.said.add(name)
+        store.notify(message)
+
+
+def waiting_note(store: ChatStore, name: str, saved: SavedChat) -> str | None:
+    """For files that no kernel of this user signed (a cloned notebook): the line that says they wait.
+
+    Their history is evaluated when the conversation is first used, not at ``%load_ext``: a cloned
+    repository with many conversations must not cost minutes before anything is asked. None where
+    the files are this user's (restored at once) or unreadable (restoring says why).
+    """
+    if saved.session_signed or saved.history_signed or saved.problems:
+        return None
+    history = saved.history
+    if history is None and saved.has_session:
+        history = session_history(store.sidecar.session_path(name))
+    if history is None:
+        return None
+    model = store.model_spec or "the default model"
+    _tell_once(store, name, untrusted_model_note(name, saved, store.model_spec, model, store.active))
+    return (
+        f"lmchat: {name}: {length_note(history)}, in files that this user's kernels did not sign (a copied or "
+        "cloned notebook?); its history is evaluated when the conversation is first used (%%chat or the chat widget)"
+    )
 
 
 def catch_up(

@@ -22,7 +22,7 @@ from .history import ChatHistory, Message
 from .metadata import EmbeddedChat
 from .models import Model, ModelSettings, load_model
 from .reconcile import Relation, is_backup_name, move_aside, relation
-from .saved import disk_history
+from .saved import disk_history, read_saved
 from .sidecar import HISTORY_SUFFIX, SESSION_SUFFIX, Sidecar, check_name
 
 __all__ = ["ChatStore", "DEFAULT_NAME"]
@@ -63,6 +63,7 @@ class ChatStore:
         self.embedded: dict[str, EmbeddedChat] = {}
         #: Conversations saved beside a folder that another kernel holds: name -> the name saved under.
         self.beside: dict[str, str] = {}
+        self.said: set[str] = set()  # conversations whose unsigned files' model was named to the user
         #: Called with (name, conversation) whenever a conversation is created, restored or replaced.
         self.adopt_listeners: list[Callable[[str, Conversation], None]] = []
         self._open_sidecar()
@@ -206,6 +207,10 @@ class ChatStore:
             if is_backup_name(name):
                 continue  # kept aside: listed, restored when used
             if name not in self.conversations:
+                waiting = restoring.waiting_note(self, name, read_saved(self.sidecar, name))
+                if waiting is not None:
+                    self.notify(waiting)
+                    continue
                 try:
                     self.restore(name)
                 except LmchatError as exc:

@@ -14,6 +14,7 @@ from .kernel_driver import KernelDriver, notebook_file
 
 CHAT = "%%chat --temperature 0 --max-tokens 6\n"
 CURRENT = "__import__('lmchat_jupyter').current()"
+STORE = "__import__('lmchat_jupyter.kernel').kernel.chats().store"
 
 
 def maps_of(k: KernelDriver, file_name: str) -> int:
@@ -42,8 +43,12 @@ def test_a_foreign_sidecar_never_chooses_the_model(tmp_path: Path, gemma_file: P
         # Told which model the session was saved with, and the exact line that continues on it.
         assert "did not sign" in loaded.stdout, loaded.text
         assert f"`%chat model {shlex.quote(str(gemma_file))}`" in loaded.stdout, loaded.text
-        assert "restored default: 2 messages" in loaded.stdout and "KV state was not used" in loaded.stdout
+        # Nothing evaluated at %load_ext: a cloned repository may hold many conversations.
+        assert "default: 2 messages, about" in loaded.stdout and "when the conversation is first used" in loaded.stdout
+        assert k.value(f"sorted({STORE}.conversations)") == []
         assert k.value(f"{CURRENT}.model.path.name") == default_model_path().name
+        assert k.value(f"{CURRENT}.info.message_count") == 2
+        assert "KV state was not used" in k.value(f"{STORE}.statuses['default']")
         assert maps_of(k, gemma_file.name) == 0  # Gemma was never loaded
         assert k.run(CHAT + "My name is Ada.", cell_id="c2").error is None
     finally:
