@@ -366,7 +366,7 @@ def _token_cost(conv: Conversation, message: CellMessage) -> int:
 def _describe(conv: Conversation, name: str, state: kernel.KernelChats) -> str:
     info = conv.info
     store = state.store
-    saved = "saving is off" if not store.autosave else ("saved" if store.sidecar.writable else "not saved (locked)")
+    saved = store.where_saved(name)
     if store.last_save_error:
         saved = f"last save failed: {store.last_save_error}"
     lines = [

@@ -229,6 +229,17 @@ class ChatStore:
                 return  # taking over saved every conversation
             self.keep(name, event.conversation)
 
+    def where_saved(self, name: str) -> str:
+        """How ``name`` is saved, in a few words (``%chat info``, the widget's status line)."""
+        if not self.autosave:
+            return "saving is off"
+        if self.sidecar.writable:
+            return "saved"
+        beside = self.beside.get(name)
+        if beside is not None:
+            return f"saved beside as {beside!r} (another kernel holds the folder)"
+        return "another kernel holds the folder: what only this kernel has is saved beside it"
+
     def keep(self, name: str, conv: Conversation) -> None:
         """Save ``conv`` as ``name``: its history at once, its full session in the background."""
         self._write_history(name, conv)

@@ -297,7 +297,7 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
             elif not store.autosave:
                 parts.append("not saved (autosave off)")
             elif not store.sidecar.writable:
-                parts.append("not saved (another kernel holds the folder)")
+                parts.append(store.where_saved(self.name))
             else:
                 parts.append("saved" if info.user_message_count else "nothing to save yet")
             self.status.value = " · ".join(parts + ([self._note] if self._note else []))

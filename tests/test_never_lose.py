@@ -181,6 +181,7 @@ def test_a_kernel_that_never_held_the_folder_drops_nothing_at_shutdown(tmp_path:
         first.run(CHAT + "My name is Ada.", cell_id="c1")
         second.run("%load_ext lmchat")
         second.run(CHAT + "Only the second kernel has this.", cell_id="x1")
+        assert "saved beside as 'default-kernel'" in second.run("%chat info").stdout
         running.remove(second)
         second.shutdown()
         assert users(folder / "default-kernel.history.json") == ["My name is Ada.", "Only the second kernel has this."]
@@ -189,3 +190,46 @@ def test_a_kernel_that_never_held_the_folder_drops_nothing_at_shutdown(tmp_path:
         for k in running:
             k.shutdown()
     assert users(folder / "default.history.json") == ["My name is Ada."]
+
+
+def test_the_longer_of_two_versions_wins(tmp_path: Path) -> None:
+    import json
+
+    notebook = notebook_file(tmp_path, "nb.ipynb")
+    folder = tmp_path / "nb.lmchat"
+    k = KernelDriver(notebook, tmp_path)
+    try:
+        k.run("%load_ext lmchat")
+        assert k.run(CHAT + "My name is Ada.", cell_id="c1").error is None
+    finally:
+        k.shutdown()
+    saved = json.loads((folder / "default.history.json").read_text(encoding="utf-8"))
+    # The notebook's metadata goes one turn further than the sidecar (a kernel killed before its save, say).
+    turn = [
+        {"id": "u2", "role": "user", "content": "I like red apples.", "cell_id": "c2"},
+        {"id": "a2", "role": "assistant", "content": "Red apples are tasty.", "cell_id": "c2"},
+    ]
+    longer = {"id": saved["conversation_id"], "model": {"spec": None}, "messages": saved["messages"] + turn}
+    notebook_file(tmp_path, "nb.ipynb", {"lmchat": {"format": 1, "conversations": {"default": longer}}})
+    k = KernelDriver(notebook, tmp_path)
+    try:
+        loaded = k.run("%load_ext lmchat")
+        assert "restored default: 2 messages" in loaded.stdout and "full session" in loaded.stdout, loaded.text
+        assert "it continues the 2 saved messages" in loaded.stdout, loaded.text
+        replay = k.run("%%chat\nI like red apples.", cell_id="c2")
+        assert "Red apples are tasty." in replay.displays[-1] and "not generated again" in replay.displays[-1]
+        assert "-notebook" not in k.run("%chat list").stdout  # one conversation, not two
+    finally:
+        k.shutdown()
+    assert users(folder / "default.history.json") == ["My name is Ada.", "I like red apples."]
+
+    # The other way round: a notebook that holds less than the sidecar changes nothing and says nothing.
+    shorter = {"id": saved["conversation_id"], "model": {"spec": None}, "messages": saved["messages"]}
+    notebook_file(tmp_path, "nb.ipynb", {"lmchat": {"format": 1, "conversations": {"default": shorter}}})
+    k = KernelDriver(notebook, tmp_path)
+    try:
+        loaded = k.run("%load_ext lmchat")
+        assert "restored default: 4 messages" in loaded.stdout and "metadata" not in loaded.stdout, loaded.text
+    finally:
+        k.shutdown()
+    assert users(folder / "default.history.json") == ["My name is Ada.", "I like red apples."]
