@@ -20,6 +20,8 @@ __all__ = ["Expansion", "Insert", "LeftAsWritten", "expand", "format_value", "MA
 
 #: The most characters one value may add to a message (a long string keeps its start and its end).
 MAX_VALUE_CHARS = 2000
+#: The longest expression a ``{…}`` may hold: longer braces are code, left as written.
+MAX_FIELD_CHARS = 200
 #: Rows of a DataFrame (or Series) shown; its shape says how many there are.
 HEAD_ROWS = 5
 _CONVERSIONS: dict[str, Callable[[object], str]] = {"r": repr, "s": str, "a": ascii}
@@ -81,17 +83,31 @@ def expand(message: str, namespace: Mapping[str, Any], limit: int = MAX_VALUE_CH
 
 def _field(message: str, start: int, namespace: Mapping[str, Any], limit: int, result: Expansion) -> int | None:
     """Try the braces opening at ``start``: the index after the closing brace if replaced, else None."""
-    line_end = message.find("\n", start)
-    line_end = len(message) if line_end < 0 else line_end
-    close = message.find("}", start + 1, line_end)
-    while close >= 0:
-        parsed = _parse(message[start + 1 : close])
-        if parsed is not None:
-            source = message[start : close + 1]
-            if _evaluate(source, parsed, namespace, limit, result):
-                return close + 1
+    close = _matching_brace(message, start)
+    if close is None:
+        return None
+    parsed = _parse(message[start + 1 : close])
+    if parsed is None or not _evaluate(message[start : close + 1], parsed, namespace, limit, result):
+        return None
+    return close + 1
+
+
+def _matching_brace(message: str, start: int) -> int | None:
+    """The ``}`` that closes the ``{`` at ``start`` on the same line, within ``MAX_FIELD_CHARS``.
+
+    One candidate per brace keeps a long line of pasted JSON or minified code linear to scan.
+    """
+    depth = 0
+    for i in range(start + 1, min(len(message), start + 2 + MAX_FIELD_CHARS)):
+        char = message[i]
+        if char == "\n":
             return None
-        close = message.find("}", close + 1, line_end)
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            if depth == 0:
+                return i
+            depth -= 1
     return None
 
 
@@ -107,9 +123,9 @@ def _parse(content: str) -> _Parsed | None:
     if not content.strip() or content != content.strip():
         return None  # "{ x }" and "{}" read as code, not as a field
     candidates: list[tuple[str, str | None, str]] = [(content, None, "")]
-    for cut in range(len(content) - 1, 0, -1):
-        if content[cut] == ":":
-            candidates.append((content[:cut], None, content[cut + 1 :]))
+    colons = [i for i in range(len(content) - 1, 0, -1) if content[i] == ":"]
+    for cut in colons[:4]:  # a format spec follows the last colons, never many of them
+        candidates.append((content[:cut], None, content[cut + 1 :]))
     for text, _conv, spec in list(candidates):
         if len(text) > 2 and text[-2] == "!" and text[-1] in _CONVERSIONS:
             candidates.append((text[:-2], text[-1], spec))

@@ -174,3 +174,18 @@ def test_prepare_records_what_the_message_used(shell: InteractiveShell) -> None:
     raw = prepare("Is {total} a lot?", shell, raw=True)
     assert raw.text == "Is {total} a lot?" and not raw.added and raw.meta() == {}
     assert "1 value · 5 tokens" in msg.added_markdown(5)
+
+
+def test_a_long_line_of_json_is_scanned_once_and_left_as_written() -> None:
+    """One candidate closing brace per opening one: a 300 kB line of minified JSON goes through unchanged."""
+    import json
+
+    blob = json.dumps([{"id": i, "tags": {"a": [i, {"b": i}]}, "x": "{y}"} for i in range(5000)])
+    e = expand(f"Why is this slow? {blob}", {"y": 1, "i": 2})
+    assert e.text == f"Why is this slow? {blob.replace('{y}', '1')}"
+    assert len(e.inserts) == 5000
+
+
+def test_nested_braces_in_an_expression() -> None:
+    e = expand("{len({1, 2} | s)} and {sorted({k for k in d})}", {"d": {"a": 1, "b": 0}, "s": {3}})
+    assert e.text == "3 and ['a', 'b']"
