@@ -136,6 +136,11 @@ def test_in_a_real_kernel_err_and_a_restart(tmp_path: Path) -> None:
         assert "IndexError: list index out of range" in sent and "sorted(rows)[5]" in sent
         assert "\x1b" not in sent and sent.endswith("The data: [3, 1, 2]")
         assert "lmchat added 2 values" in run.displays[0]
+        context = k.run(f"%%chat {CHAT} --context cells:4\nAnd now?", cell_id="d")
+        assert context.error is None and "the last 4 code cells" in context.displays[0], context.text
+        sent = k.value("[m.content for m in __import__('lmchat_jupyter').current().history][-2]")
+        assert sent.startswith("--- notebook context: the last 4 code cells") and "rows = [3, 1, 2]" in sent
+        assert "Error in [" in sent and "%%chat" not in sent and sent.endswith("And now?")
     finally:
         k.shutdown()
     k = KernelDriver(notebook, tmp_path)
@@ -144,6 +149,6 @@ def test_in_a_real_kernel_err_and_a_restart(tmp_path: Path) -> None:
         run = k.run(f"%%chat {CHAT}\nWhy did this fail?\n{{Err[{n}]}}\nThe data: {{rows}}", cell_id="c")
         assert f"{{Err[{n}]}}, {{rows}} cannot be filled in" in run.stdout, run.text
         assert "not generated again" in run.displays[-1]
-        assert k.value("__import__('lmchat_jupyter').current().info.user_message_count") == 1
+        assert k.value("__import__('lmchat_jupyter').current().info.user_message_count") == 2
     finally:
         k.shutdown()
