@@ -11,7 +11,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
 
 
 def copy_example(name: str, tmp_path: Path) -> Path:
@@ -20,7 +21,7 @@ def copy_example(name: str, tmp_path: Path) -> Path:
     return target
 
 
-@pytest.mark.parametrize("name", ["quickstart.ipynb", "restart-and-rerun.ipynb", "ask-about-a-dataframe.ipynb"])
+@pytest.mark.parametrize("name", ["restart-and-rerun.ipynb", "ask-about-a-dataframe.ipynb"])  # the quickstart: below
 def test_example_runs_under_nbval(name: str, tmp_path: Path) -> None:
     notebook = copy_example(name, tmp_path)
     done = subprocess.run(
@@ -71,3 +72,23 @@ def test_dataframe_example_sends_the_table_and_the_traceback(tmp_path: Path) -> 
     assert "lmchat added 2 values" in explained
     assert "KeyError: &#x27;revenue&#x27;" in explained and "\x1b" not in explained
     assert "lmchat added" not in raw and "tok/s" in raw
+
+
+def test_quickstart_shows_the_conversation_remembering(tmp_path: Path) -> None:
+    """The first thing a new user runs: its last question is answered from what the first cell said."""
+    notebook = copy_example("quickstart.ipynb", tmp_path)
+    nb = nbformat.read(notebook, as_version=4)
+    NotebookClient(nb, timeout=600, resources={"metadata": {"path": str(tmp_path)}}).execute()
+    first, _project, question = outputs(nb)
+    assert "tok/s" in first
+    assert "Rex" in question.split("<sub>")[0], question
+
+
+def test_readme_shows_the_quickstart_cells() -> None:
+    """The README's example is the quickstart's, so the test above checks the answer it promises."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    nb = nbformat.read(EXAMPLES / "quickstart.ipynb", as_version=4)
+    cells = [c.source.strip() for c in nb.cells if c.cell_type == "code" and c.source.startswith("%%chat")]
+    shown = "\n\n".join(f"```\n{cell}\n```" for cell in cells)
+    assert shown in readme
+    assert "Your dog is Rex" in readme
