@@ -20,7 +20,7 @@ from .sidecar import SESSION_SUFFIX
 if TYPE_CHECKING:
     from .store import ChatStore
 
-__all__ = ["restore", "catch_up", "waiting_note"]
+__all__ = ["restore", "catch_up", "waiting_note", "unsigned_history"]
 
 
 def restore(store: ChatStore, name: str) -> Conversation | None:
@@ -77,6 +77,15 @@ def _tell_once(store: ChatStore, name: str, message: str | None) -> None:
         store.notify(message)
 
 
+def unsigned_history(store: ChatStore, name: str, saved: SavedChat) -> ChatHistory | None:
+    """The visible history of files that no kernel of this user signed; None for this user's files."""
+    if saved.session_signed or saved.history_signed or saved.problems:
+        return None
+    if saved.history is None and saved.has_session:
+        return session_history(store.sidecar.session_path(name))
+    return saved.history
+
+
 def waiting_note(store: ChatStore, name: str, saved: SavedChat) -> str | None:
     """For files that no kernel of this user signed (a cloned notebook): the line that says they wait.
 
@@ -84,11 +93,7 @@ def waiting_note(store: ChatStore, name: str, saved: SavedChat) -> str | None:
     repository with many conversations must not cost minutes before anything is asked. None where
     the files are this user's (restored at once) or unreadable (restoring says why).
     """
-    if saved.session_signed or saved.history_signed or saved.problems:
-        return None
-    history = saved.history
-    if history is None and saved.has_session:
-        history = session_history(store.sidecar.session_path(name))
+    history = unsigned_history(store, name, saved)
     if history is None:
         return None
     model = store.model_spec or "the default model"

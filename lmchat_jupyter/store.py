@@ -167,6 +167,15 @@ class ChatStore:
     def names(self) -> list[str]:
         return sorted(set(self.conversations) | set(self.sidecar.names()) | set(self.embedded))
 
+    def waiting(self, name: str) -> ChatHistory | None:
+        """The history of ``name`` where it is not evaluated yet (the notebook's, or a copied sidecar's)."""
+        if name in self.conversations:
+            return None
+        pending = self.embedded.get(name)
+        if pending is not None:
+            return pending.history
+        return restoring.unsigned_history(self, name, read_saved(self.sidecar, name))
+
     def keep_aside(self, name: str, why: str) -> str | None:
         """Move ``name``'s files to ``NAME.replaced-<time>`` before they are overwritten; say where."""
         if not self.sidecar.writable:

@@ -18,6 +18,8 @@ from .chat_views import bubble, enter_sends, show
 from .conversation import Conversation
 from .errors import LmchatError
 from .events import ConversationEvent
+from .history import ChatHistory
+from .reconcile import length_note
 from .replay import WIDGET_CELL_ID
 
 __all__ = ["ChatWidget"]
@@ -56,6 +58,8 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
         self._note = ""
         self._unsubscribe: Any = None
         self._conv: Conversation
+        #: The history shown while the conversation waits for its first message to be evaluated.
+        self._waiting: ChatHistory | None = None
         self.picker = W.Dropdown(description="Chat", layout=W.Layout(width="max-content"))
         self.messages = W.VBox(layout=W.Layout(flex="0 0 auto"))  # never squeezed: the box around it scrolls
         # column-reverse keeps the view scrolled to the newest message as messages arrive.
@@ -87,7 +91,7 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
         yes.on_click(lambda _b: self.clear())
         no.on_click(lambda _b: setattr(self.confirm.layout, "display", "none"))
         self.picker.observe(self._picked, "value")
-        self._attach(self._store.get(self.name))
+        self._open(self.name)
         self._store.adopt_listeners.append(self._adopted)
         cell = self._state.cell_id
         if cell is not None:  # its output was replaced: the old widget would only keep listening
@@ -100,6 +104,8 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
 
     @property
     def conversation(self) -> Conversation:
+        if self._waiting is not None:
+            self._attach(self._store.get(self.name))
         return self._conv
 
     @property
@@ -110,7 +116,7 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
             return rows + ([("assistant", "".join(self._stream))] if self._stream is not None else [])
 
     def __repr__(self) -> str:
-        return PLAIN.format(name=self.name, count=self._conv.history.message_count)
+        return PLAIN.format(name=self.name, count=self._history().message_count)
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         data: dict[str, Any] = super()._repr_mimebundle_(**kwargs)
@@ -130,13 +136,19 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
         if text is None:
             self.input.value = ""
         # Another answer on this conversation (a second widget's) or a save may hold it: the turn waits.
-        self._set_note("waiting for the answer in progress…" if self._conv.busy else "")
-        self._thread = threading.Thread(target=self._generate, args=(self._conv, message), name="lmchat-widget")
+        conv = None if self._waiting is not None else self._conv
+        self._set_note("waiting for the answer in progress…" if conv is not None and conv.busy else "")
+        self._thread = threading.Thread(target=self._generate, args=(conv, message), name="lmchat-widget")
         self._thread.daemon = True
         self._thread.start()
 
-    def _generate(self, conv: Conversation, message: str) -> None:
+    def _generate(self, conv: Conversation | None, message: str) -> None:
         try:
+            if conv is None:  # the first message: now the conversation's history is evaluated
+                self._set_note("evaluating the conversation's history…")
+                conv = self._store.get(self.name)
+                self._attach(conv)
+                self._set_note("")
             for _ in conv.stream(message, cell_id=WIDGET_CELL_ID, **self.options):
                 pass
         except (LmchatError, ValueError) as exc:  # e.g. the context is full: the message goes back in the box
@@ -155,12 +167,13 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
 
     def stop(self) -> None:
         """End the answer being generated after its current token; the partial answer is kept."""
-        self._conv.stop()
+        if self._waiting is None:
+            self._conv.stop()
 
     def clear(self) -> None:
         """Forget every message (the system prompt stays), stopping an answer in progress first."""
         self.confirm.layout.display = "none"
-        conv = self._conv
+        conv = self.conversation
         conv.stop()
 
         def run() -> None:
@@ -188,10 +201,30 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
 
     # --- following the conversation -------------------------------------------------------------
 
+    def _open(self, name: str) -> None:
+        """Show ``name``; one not evaluated yet shows its history, and is evaluated at its first message."""
+        waiting = self._store.waiting(name)
+        if waiting is None:
+            self._attach(self._store.get(name))
+            return
+        with self._lock:
+            if self._unsubscribe is not None:
+                self._unsubscribe()
+                self._unsubscribe = None
+            self._waiting = waiting
+            self._stream = self._stream_views = None
+            self._update_picker()
+            self._render()
+            self._refresh()
+
+    def _history(self) -> ChatHistory:
+        return self._waiting if self._waiting is not None else self._conv.history
+
     def _attach(self, conv: Conversation) -> None:
         with self._lock:
             if self._unsubscribe is not None:
                 self._unsubscribe()
+            self._waiting = None
             self._conv = conv
             self._stream = self._stream_views = None
             self._unsubscribe = conv.subscribe(self._on_event)
@@ -201,7 +234,7 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
 
     def _adopted(self, name: str, conv: Conversation) -> None:
         """A conversation was created, restored or replaced (``%chat load``): follow it if it is ours."""
-        if name == self.name and conv is not self._conv:
+        if name == self.name and (self._waiting is not None or conv is not self._conv):
             self._attach(conv)
         else:
             self._update_picker()
@@ -216,7 +249,7 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
     def _picked(self, change: dict[str, Any]) -> None:
         if change["new"] and change["new"] != self.name:
             self.name = change["new"]
-            self._attach(self._store.get(self.name))
+            self._open(self.name)
 
     def _on_event(self, event: ConversationEvent) -> None:
         with self._lock:
@@ -256,7 +289,7 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
     def _render(self) -> None:
         """Make the bubbles match the history, reusing those whose message is unchanged."""
         with self._lock:
-            history = [m for m in self._conv.history if m.role != "system"]
+            history = [m for m in self._history() if m.role != "system"]
             if self._stream is not None and not (history and history[-1].role == "user"):
                 self._stream = self._stream_views = None  # the turn was taken back before its answer
             known = {b[0]: b for b in self._bubbles}
@@ -283,6 +316,13 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
     def _refresh(self) -> None:
         """The status line and which buttons work."""
         with self._lock:
+            if self._waiting is not None:
+                self.status.value = " · ".join(
+                    [f"{length_note(self._waiting)}, not evaluated yet: that happens at your first message"]
+                    + ([self._note] if self._note else [])
+                )
+                self.send_button.disabled, self.stop_button.disabled = False, True
+                return
             conv, store = self._conv, self._store
             info, generating = conv.info, self._stream is not None
             parts = [conv.model.name, f"{info.token_count:,} / {info.n_ctx:,} tokens"]

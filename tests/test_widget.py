@@ -310,3 +310,41 @@ def test_markdown_survives() -> None:
     fenced = safe_markdown(f"Look:\n```python\n{code}\n```\nDone.")
     assert fenced.startswith("Look:  \n<pre><code>") and fenced.endswith("</code></pre>\nDone.  ")
     assert visible(fenced).replace("  \n", "\n").strip() == f"Look:\n{code}\nDone."
+
+
+def test_a_notebook_history_is_evaluated_at_the_widgets_first_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    metadata = {
+        "format": 1,
+        "conversations": {
+            "default": {
+                "id": "conv1",
+                "messages": [
+                    {"id": "m1", "role": "user", "content": "My name is Ada.", "cell_id": "c1"},
+                    {"id": "m2", "role": "assistant", "content": "Nice to meet you, Ada!", "cell_id": "c1"},
+                ],
+            }
+        },
+    }
+    notebook_file(tmp_path, "shared.ipynb", {"lmchat": metadata})
+    monkeypatch.setenv("JPY_SESSION_NAME", str(tmp_path / "shared.ipynb"))
+    monkeypatch.chdir(tmp_path)
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "lmchat")
+    try:
+        store = chats().store
+        w = ChatWidget()
+        # Shown from the notebook's history; nothing evaluated by opening the widget.
+        assert w.shown == [("user", "My name is Ada."), ("assistant", "Nice to meet you, Ada!")]
+        assert "not evaluated yet" in w.status.value and "2 messages" in w.status.value
+        assert store.conversations == {}
+        type_and_send(w, "What is my name?")
+        assert w.wait(300)
+        conv = store.conversations["default"]
+        assert conv.info.user_message_count == 2 and w.conversation is conv
+        assert [role for role, _ in w.shown] == ["user", "assistant"] * 2
+        assert "tok/s" in w.status.value
+        w.close()
+    finally:
+        ip.run_line_magic("unload_ext", "lmchat")
