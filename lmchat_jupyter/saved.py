@@ -24,6 +24,7 @@ from .sidecar import Sidecar
 __all__ = ["SavedChat", "read_saved", "session_history", "disk_history", "untrusted_model_note"]
 
 _SHOWN_CHARS = 200
+_MAX_SPEC = 1000  # as for specs in notebook metadata
 
 
 @dataclass
@@ -52,13 +53,15 @@ class SavedChat:
         return None
 
     def untrusted_spec(self) -> str | None:
-        """The model spec that unsigned files name (not followed)."""
+        """The model spec that unsigned files name (not followed; one that cannot be a spec is not shown)."""
+        spec: object = None
         if self.history_spec is not None and not self.history_signed:
-            return self.history_spec
-        if self.header is not None and not self.session_signed:
+            spec = self.history_spec
+        elif self.header is not None and not self.session_signed:
             spec = self.header.get("model_spec")
-            return spec if isinstance(spec, str) else None
-        return None
+        if not isinstance(spec, str) or not spec or len(spec) > _MAX_SPEC or not spec.isprintable():
+            return None
+        return spec
 
     def untrusted_model_name(self) -> str | None:
         compat = self.header.get("compat") if self.header is not None and not self.session_signed else None

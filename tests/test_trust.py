@@ -92,3 +92,20 @@ def test_signatures() -> None:
         assert not signing.header_is_signed(tampered)
     secret = signing.secret_path()
     assert secret.stat().st_mode & 0o777 == 0o600
+
+
+def test_the_saved_model_is_named_only_where_it_can_be_a_spec() -> None:
+    from lmchat_jupyter.saved import SavedChat, untrusted_model_note
+
+    def note(spec: str, active: str = "default") -> str | None:
+        saved = SavedChat(has_session=True, header={"model_spec": spec, "compat": {"model_name": "Gemma"}})
+        return untrusted_model_note("default", saved, None, "SmolLM2", active)
+
+    told = note("/models/my model.gguf")
+    assert told is not None and "`%chat model '/models/my model.gguf'`" in told and "Gemma" in told
+    # Not the active conversation: switch to it first.
+    assert "`%chat use default` then `%chat model hf:a/b/c.gguf`" in (note("hf:a/b/c.gguf", active="other") or "")
+    for hostile in ("hf:a/b\n%chat model evil", "\x1b[31mred", "x" * 1001, ""):
+        assert note(hostile) is None
+    signed = SavedChat(has_session=True, header={"model_spec": "hf:a/b/c.gguf"}, session_signed=True)
+    assert untrusted_model_note("default", signed, None, "SmolLM2", "default") is None
