@@ -1,10 +1,10 @@
-"""The pieces a ChatWidget is made of: message bubbles of safe Markdown, and the Enter-sends script."""
+"""The pieces a ChatWidget is made of: message bubbles of safely rendered Markdown, and the Enter-sends script."""
 
 from __future__ import annotations
 
 import ipywidgets as W
 
-from .safe_markdown import safe_markdown
+from .safe_markdown import markdown_bundle
 
 __all__ = ["ROLES", "show", "bubble", "enter_sends"]
 
@@ -31,9 +31,8 @@ if (!window.__lmchatEnterSends) {
 
 
 def show(out: W.Output, text: str) -> None:
-    """Put ``text`` (untrusted) in ``out`` as Markdown that cannot carry HTML (see safe_markdown)."""
-    markdown = safe_markdown(text) if text else "…"
-    out.outputs = ({"output_type": "display_data", "data": {"text/markdown": markdown}, "metadata": {}},)
+    """Put ``text`` (untrusted Markdown) in ``out`` rendered with no raw HTML, script or hidden link (safe_markdown)."""
+    out.outputs = ({"output_type": "display_data", "data": markdown_bundle(text), "metadata": {}},)
 
 
 def bubble(role: str, text: str) -> tuple[W.Output, W.VBox]:

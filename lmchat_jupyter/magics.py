@@ -22,9 +22,8 @@ from .events import ConversationEvent
 from .history import ChatHistory
 from .metadata import EMBED_SETTINGS
 from .notebook_context import ErrorLog, parse_context, record_error
-from .output import AnswerDisplay, show_stored, stats_line
+from .output import AnswerDisplay, show_stored, show_transcript, stats_line, transcript_markdown
 from .replay import Decision, cell_turns, decide
-from .safe_markdown import safe_markdown
 
 __all__ = ["ChatMagics", "load", "unload"]
 
@@ -239,7 +238,7 @@ class ChatMagics(Magics):
         if command == "info":
             print(_describe(conv, store.active, state))
         elif command == "history":
-            display(Markdown(_transcript(conv)))
+            show_transcript(conv.history)
         elif command == "clear":
             conv.clear()
             state.replay_cursor[store.active] = 0
@@ -303,7 +302,7 @@ class ChatMagics(Magics):
         elif path.suffix in (".md", ".markdown"):
             from .atomic import atomic_write
 
-            atomic_write(path, [_transcript(conv).encode("utf-8")])
+            atomic_write(path, [transcript_markdown(conv.history).encode("utf-8")])
         else:
             raise UsageError("%chat export PATH: PATH must end in .md (Markdown) or .json (history)")
         print(f"lmchat: exported {conv.info.message_count} messages to {path}")
@@ -378,14 +377,6 @@ def _describe(conv: Conversation, name: str, state: kernel.KernelChats) -> str:
     if conv.restored_from:
         lines.append(f"restored: {conv.restored_from}")
     return "\n".join(lines)
-
-
-def _transcript(conv: Conversation) -> str:
-    parts = []
-    for m in conv.history:
-        who = {"system": "System", "user": "You", "assistant": "Assistant"}[m.role]
-        parts.append(f"**{who}:**\n\n{safe_markdown(m.content)}")
-    return "\n\n---\n\n".join(parts) if parts else "*(no messages yet)*"
 
 
 def _on_pre_run_cell(info: Any) -> None:

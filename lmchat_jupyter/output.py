@@ -1,16 +1,18 @@
-"""Cell output for chat answers: streamed into one display, finished as Markdown with a stats line."""
+"""Cell output for chat answers: streamed into one display, finished as rendered Markdown with a stats line."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
-from IPython.display import Markdown, display
+from IPython.display import display
 
+from .history import Message
 from .results import TurnResult
-from .safe_markdown import safe_markdown
+from .safe_markdown import markdown_bundle, markdown_html
 
-__all__ = ["AnswerDisplay", "stats_line"]
+__all__ = ["AnswerDisplay", "stats_line", "show_stored", "show_transcript", "transcript_markdown"]
 
 #: Redraw the streaming answer at most this often (each redraw sends the whole text to the frontend).
 REFRESH_SECONDS = 0.08
@@ -22,23 +24,22 @@ class AnswerDisplay:
     def __init__(self) -> None:
         self._text = ""
         self._last = 0.0
-        self._handle: Any = display(Markdown("…"), display_id=True)
+        self._handle: Any = display(markdown_bundle(""), raw=True, display_id=True)
 
     def add(self, piece: str) -> None:
         self._text += piece
         now = time.monotonic()
         if now - self._last >= REFRESH_SECONDS:
             self._last = now
-            self._show(safe_markdown(self._text) + " ▌")
+            self._show(markdown_bundle(self._text + " ▌"))
 
     def finish(self, text: str, footer: str) -> None:
-        # Model text is untrusted: JupyterLab trusts the output of a cell just run, so escape it here.
-        body = safe_markdown(text)
-        self._show(f"{body}\n\n<sub>{footer}</sub>" if footer else body)
+        # Model text is untrusted and JupyterLab trusts the output of a cell just run: see safe_markdown.
+        self._show(markdown_bundle(text, footer))
 
-    def _show(self, markdown: str) -> None:
+    def _show(self, bundle: dict[str, str]) -> None:
         if self._handle is not None:
-            self._handle.update(Markdown(markdown))
+            self._handle.update(bundle, raw=True)
         else:  # a plain terminal: nothing to update in place
             pass
 
@@ -60,4 +61,21 @@ def stats_line(result: TurnResult, n_ctx: int, token_count: int) -> str:
 
 def show_stored(text: str, note: str) -> None:
     """An answer that is already in the conversation, shown again without generating."""
-    display(Markdown(f"{safe_markdown(text)}\n\n<sub>{note}</sub>"))
+    display(markdown_bundle(text, note), raw=True)
+
+
+_WHO = {"system": "System", "user": "You", "assistant": "Assistant"}
+
+
+def transcript_markdown(messages: Iterable[Message]) -> str:
+    """The conversation as a Markdown document, each message as written under its speaker."""
+    parts = [f"**{_WHO[m.role]}:**\n\n{m.content}" for m in messages]
+    return "\n\n---\n\n".join(parts) if parts else "*(no messages yet)*"
+
+
+def show_transcript(messages: Iterable[Message]) -> None:
+    """The conversation in the notebook, each message rendered as safely as an answer."""
+    shown = list(messages)
+    parts = [f"<p><strong>{_WHO[m.role]}:</strong></p>\n{markdown_html(m.content)}" for m in shown]
+    body = "<hr>\n".join(parts) if parts else "<p><em>(no messages yet)</em></p>"
+    display({"text/html": body, "text/plain": transcript_markdown(shown)}, raw=True)

@@ -1,62 +1,104 @@
-"""Model text as Markdown that cannot carry HTML, scripts or links.
+"""Model text (untrusted Markdown) as HTML that holds no script, no raw HTML and no hidden link target.
 
-Notebook frontends render Markdown from a freshly run cell or an ``ipywidgets.Output`` as *trusted*:
-raw HTML in it is not sanitized and ``<script>`` runs. Model text is untrusted, so before it reaches
-the Markdown renderer every ``<`` and ``[`` outside code becomes an entity: no tag, autolink, link
-or image can form, while emphasis, lists, headings and tables still render, and line breaks show. Code spans and fenced
-blocks become ``<code>``/``<pre>`` elements whose text is fully escaped, so they show exactly what
-the model wrote. Math (``$…$``) is left to the frontend, whose MathJax runs in safe mode.
+Notebook frontends show the output of a freshly run cell or of an ``ipywidgets.Output`` as *trusted*:
+its HTML is not sanitized and a ``<script>`` in it runs. So the model's Markdown is rendered here,
+by markdown-it-py (CommonMark, with tables and strikethrough), with raw HTML off: every ``<`` the
+model writes reaches the page as text. On top of CommonMark:
+
+- links go to ``http``, ``https`` and ``mailto`` targets only (``javascript:`` and the rest stay
+  text), and a link shows its real target as its text (``[docs](https://evil/x)`` reads
+  ``docs (https://evil/x)``), so no answer can make a link that says one thing and goes elsewhere;
+- bare URLs stay text (no linkify) and images are not loaded (an image URL can carry data out);
+- line breaks show as breaks, as in a chat;
+- fenced code is coloured like code in JupyterLab (code_highlight).
+
+Math (``$…$``) stays in the text for the frontend's MathJax, which runs in safe mode.
 """
 
 from __future__ import annotations
 
+import html
 import re
+from typing import Any
 
-__all__ = ["safe_markdown"]
+from markdown_it import MarkdownIt
+from markdown_it.rules_core import StateCore
+from markdown_it.token import Token
 
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$")
-_CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)")
+from .code_highlight import highlight_code
 
+__all__ = ["markdown_html", "markdown_bundle"]
 
-def _entities(text: str) -> str:
-    """Every character but letters, digits and spaces as a numeric entity: no Markdown or HTML meaning left."""
-    return "".join(c if c.isalnum() or c in " \n" else f"&#{ord(c)};" for c in text)
-
-
-def _prose(line: str) -> str:
-    parts = []
-    last = 0
-    for m in _CODE_SPAN.finditer(line):
-        parts.append(line[last : m.start()].replace("<", "&lt;").replace("[", "&#91;"))
-        parts.append(f"<code>{_entities(m.group(2))}</code>")
-        last = m.end()
-    parts.append(line[last:].replace("<", "&lt;").replace("[", "&#91;"))
-    return "".join(parts)
+_LINK_TARGETS = re.compile(r"(?:https?://|mailto:)\S", re.IGNORECASE)
+_REL = "noopener noreferrer nofollow"
+NOTE_STYLE = "margin-top: 0.25em; font-size: 0.85em; color: var(--jp-ui-font-color2, #616161)"
 
 
-def _closes(line: str, fence: str) -> bool:
-    stripped = line.strip()
-    return len(line) - len(line.lstrip(" ")) <= 3 and stripped.startswith(fence) and set(stripped) == {fence[0]}
+class _ModelMarkdown(MarkdownIt):  # type: ignore[misc]
+    def validateLink(self, url: str) -> bool:  # noqa: N802 (markdown-it's name)
+        return bool(_LINK_TARGETS.match(url.strip()))
 
 
-def safe_markdown(text: str) -> str:
-    """``text`` (untrusted) as Markdown whose rendering holds no HTML but the code elements made here."""
-    lines = text.split("\n")
-    out: list[str] = []
-    i = 0
-    while i < len(lines):
-        m = _FENCE.match(lines[i])
-        if m is None or (m.group(1)[0] == "`" and "`" in m.group(2)):
-            # Two trailing spaces: a line break shows as one, as in a chat (a paragraph's end ignores them).
-            out.append(_prose(lines[i]) + ("  " if lines[i].strip() else ""))
-            i += 1
+def _link(href: str) -> list[Token]:
+    opening = Token("link_open", "a", 1)
+    opening.attrs = {"href": href, "rel": _REL, "target": "_blank"}
+    text = Token("text", "", 0)
+    text.content = href
+    return [opening, text, Token("link_close", "a", -1)]
+
+
+def _text(content: str) -> Token:
+    token = Token("text", "", 0)
+    token.content = content
+    return token
+
+
+def _show_link_targets(state: StateCore) -> None:
+    """Each link shows its target: ``<url>`` as the link alone, ``[text](url)`` as ``text (url)``."""
+    for block in state.tokens:
+        if block.type != "inline" or not block.children:
             continue
-        fence, body = m.group(1), []
-        i += 1
-        while i < len(lines) and not _closes(lines[i], fence):
-            body.append(lines[i])
-            i += 1
-        i += 1  # the closing fence (or the end of the text, which closes an open block)
-        # An HTML <pre> block ends only at its closing tag, blank lines inside included.
-        out.append(f"<pre><code>{_entities(chr(10).join(body))}</code></pre>")
-    return "\n".join(out)
+        children: list[Token] = []
+        href: str | None = None
+        auto = False
+        for token in block.children:
+            if token.type == "link_open":
+                href, auto = str(token.attrGet("href") or ""), token.markup == "autolink"
+            elif token.type == "link_close" and href is not None:
+                children += _link(href) if auto else [_text(" ("), *_link(href), _text(")")]
+                href = None
+            elif href is None or not auto:
+                children.append(token)
+            # else: an autolink's text, the URL made readable (punycode decoded): the target replaces it.
+        block.children = children
+
+
+def _renderer() -> MarkdownIt:
+    def highlight(code: str, language: str, _attrs: Any) -> str:
+        return highlight_code(code, language)
+
+    md = _ModelMarkdown("commonmark", {"html": False, "breaks": True, "highlight": highlight})
+    md.enable(["table", "strikethrough"]).disable("image")
+    md.core.ruler.push("show_link_targets", _show_link_targets)
+    return md
+
+
+_MARKDOWN = _renderer()
+
+
+def markdown_html(text: str) -> str:
+    """``text`` (untrusted Markdown) as HTML with no raw HTML, script, image or disguised link in it."""
+    return str(_MARKDOWN.render(text))
+
+
+def markdown_bundle(text: str, note: str = "") -> dict[str, str]:
+    """A display bundle for ``text``: its HTML (``…`` while empty) and a small ``note`` line under it.
+
+    ``text/plain`` is the text as written, for frontends that show no HTML and for reading outputs back.
+    """
+    body = markdown_html(text) if text else "<p>…</p>"
+    plain = text or "…"
+    if note:
+        body += f'<div class="lmchat-note" style="{NOTE_STYLE}">{html.escape(note)}</div>'
+        plain += f"\n\n{note}"
+    return {"text/html": body, "text/plain": plain}

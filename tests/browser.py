@@ -283,7 +283,7 @@ class LabPage:
 
     def cell(self, index: int) -> Any:
         """The cell's DOM node (a Playwright locator)."""
-        return self.page.locator(".jp-NotebookPanel:visible .jp-Notebook > .jp-Cell").nth(index)
+        return self.page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell").nth(index)
 
     def output_text(self, index: int) -> str:
         """The text of cell ``index``'s outputs (Markdown source, plain text, streams), read from its model."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import re
 import threading
 import time
@@ -15,7 +14,6 @@ from IPython.core.interactiveshell import InteractiveShell
 import lmchat_jupyter
 from lmchat_jupyter import ChatHistory, ConversationEvent
 from lmchat_jupyter.kernel import chats
-from lmchat_jupyter.safe_markdown import safe_markdown
 from lmchat_jupyter.widget import WIDGET_CELL_ID, ChatWidget
 
 from .kernel_driver import KernelDriver, notebook_file
@@ -266,50 +264,6 @@ def test_a_widget_turn_survives_a_restart(tmp_path: Path) -> None:
         assert "saved" in k.value("w.status.value")
     finally:
         k.shutdown()
-
-
-# --- the Markdown the widget hands to the frontend -------------------------------------------------------
-
-OUR_TAGS = re.compile(r"</?(?:pre|code)>")
-
-
-def visible(markdown: str) -> str:
-    """Our markup removed and entities decoded: what the reader would see, roughly."""
-    return html.unescape(OUR_TAGS.sub("", markdown))
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        '<img src=x onerror="alert(1)"> and <script>alert(2)</script>',
-        "[click](javascript:alert(1)) ![x](http://example.com/t.png) [ref]: javascript:alert(1)",
-        "<http://example.com> <!-- c --> <a href='javascript:x'>a</a>",
-        "`a < b` and ``x `<b>` y`` then <b>",
-        "```python\nif a < b and c[0]:\n\n    print('<script>')\n```\nafter <i>",
-        "~~~\n<unclosed fence\n",
-        "``` info`with`ticks\n<b>not a fence</b>\n```",
-        "- item\n  ```\n<img src=x onerror=alert(1)>\n  ```",
-        "    indented <b>code</b>",
-    ],
-)
-def test_model_text_cannot_make_html(text: str) -> None:
-    md = safe_markdown(text)
-    # No tag but our own code elements, no link or image syntax: nothing for a renderer to act on.
-    assert "<" not in OUR_TAGS.sub("", md), md
-    assert "[" not in md, md
-    # What the reader sees is still what the model wrote.
-    assert "onerror" not in text or "onerror" in visible(md)
-
-
-def test_markdown_survives() -> None:
-    md = safe_markdown("# Title\n\n- **bold** and *it*\n- `a<b`\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n$x^2$")
-    # Every line ends in a hard break (two spaces), as a chat shows line breaks.
-    assert md.startswith("# Title  \n\n- **bold** and *it*  \n- <code>a&#60;b</code>  \n")
-    assert "| a | b |  \n|---|---|  " in md and md.endswith("$x^2$  ")
-    code = "if a < b and c[0]:\n\n    print('<script>')"
-    fenced = safe_markdown(f"Look:\n```python\n{code}\n```\nDone.")
-    assert fenced.startswith("Look:  \n<pre><code>") and fenced.endswith("</code></pre>\nDone.  ")
-    assert visible(fenced).replace("  \n", "\n").strip() == f"Look:\n{code}\nDone."
 
 
 def test_a_notebook_history_is_evaluated_at_the_widgets_first_message(

@@ -37,7 +37,6 @@ import pytest
 from lmchat_jupyter import ModelSettings, session_format
 from lmchat_jupyter.atomic import TEMP_SUFFIX
 from lmchat_jupyter.conversation import Progress
-from lmchat_jupyter.safe_markdown import safe_markdown
 from lmchat_jupyter.sidecar import Sidecar
 from lmchat_jupyter.store import ChatStore
 
@@ -67,7 +66,7 @@ STATUS = re.compile(r"^lmchat: restored default: (\d+) messages, (\d+) tokens â€
 @dataclass
 class Turn:
     prompt: str
-    shown: str  # the answer as its cell displayed it (escaped Markdown, without the stats line)
+    shown: str  # the answer as its cell displayed it (plain text, without the stats line)
 
 
 @dataclass
@@ -116,7 +115,8 @@ def kill_now(k: KernelDriver) -> None:
 
 
 def shown_answer(display: str) -> str:
-    return display.rsplit("\n\n<sub>", 1)[0]
+    """The answer of a display's plain text, without the stats line under it."""
+    return display.rsplit("\n\n", 1)[0]
 
 
 class CrashLoop:
@@ -214,14 +214,14 @@ class CrashLoop:
         assert len(pairs) >= done, f"completed turns lost: have {prompts}, expected {[t.prompt for t in self.turns]}"
         for turn, (prompt, answer) in zip(self.turns, pairs, strict=False):
             assert prompt == turn.prompt, f"completed turns out of order: {prompts}"
-            assert safe_markdown(answer) == turn.shown, (prompt, answer, turn.shown)
+            assert answer == turn.shown, (prompt, answer, turn.shown)
         extra = pairs[done:]
         if self.cut_prompt is not None and not extra:
             self.tally.cut_turns_lost += 1
         if extra:
             # Only the turn cut off by the kill may be there beyond the completed ones.
             assert len(extra) == 1 and extra[0][0] == self.cut_prompt, (extra, self.cut_prompt)
-            self.turns.append(Turn(extra[0][0], safe_markdown(extra[0][1])))
+            self.turns.append(Turn(extra[0][0], extra[0][1]))
             self.tally.cut_turns_kept += 1
         self.cut_prompt = None
 
@@ -285,7 +285,7 @@ class CrashLoop:
         try:
             self.turn(k)
             (role, prompt), (_, answer) = k.value(HISTORY_EXPR)[-2:]
-            assert (role, prompt, safe_markdown(answer)) == ("user", self.turns[-1].prompt, self.turns[-1].shown)
+            assert (role, prompt, answer) == ("user", self.turns[-1].prompt, self.turns[-1].shown)
         finally:
             k.shutdown()
         saved = json.loads((self.folder / "default.history.json").read_text(encoding="utf-8"))
