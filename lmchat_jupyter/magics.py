@@ -7,14 +7,14 @@ import shlex
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import ArgDecorator, MagicArgumentParser, argument, magic_arguments
 from IPython.display import Markdown, display
 
-from . import kernel
+from . import kernel, sidecar_space
 from .cell_message import CellMessage, prepare
 from .conversation import Conversation
 from .errors import LmchatError
@@ -24,6 +24,9 @@ from .metadata import EMBED_SETTINGS
 from .notebook_context import ErrorLog, parse_context, record_error
 from .output import AnswerDisplay, show_stored, show_transcript, stats_line, transcript_markdown
 from .replay import Decision, cell_turns, decide
+
+if TYPE_CHECKING:
+    from .store import ChatStore
 
 __all__ = ["ChatMagics", "load", "unload"]
 
@@ -108,6 +111,9 @@ _LINE = _declare(
     subcommand("list", help="the conversations of this notebook (%chat use NAME switches)"),
     subcommand("use", argument("conversation", metavar="NAME"), help="make NAME the conversation that %%chat uses"),
     subcommand("clear", help="forget every message (the system prompt stays)"),
+    subcommand(
+        "forget", argument("conversation", metavar="NAME"), help="remove NAME's KV cache file (not its history)"
+    ),
     subcommand("rewind", argument("turns", type=int, metavar="N"), help="drop the last N turns"),
     subcommand(
         "save", argument("path", nargs="?", metavar="PATH"), help="save the full session (default: the sidecar)"
@@ -120,6 +126,7 @@ _LINE = _declare(
         argument("--autosave", choices=["on", "off"]),
         argument("--notebook", metavar="PATH"),
         argument("--n-ctx", type=int, metavar="N"),
+        argument("--max-sidecar-mb", type=float, metavar="MB", help="remove old KV caches past this size (0: no cap)"),
         argument("--embed", choices=EMBED_SETTINGS, help="what the .ipynb carries of its chats (kept in it)"),
         help="show or change the settings",
     ),
@@ -214,9 +221,16 @@ class ChatMagics(Magics):
         store = state.store
         command = args.command
         if command == "list":
-            names = store.names() or [store.active]
-            rows = [f"{'*' if n == store.active else ' '} {n}" for n in names]
-            print("\n".join(rows))
+            print(_list(state))
+            return None
+        if command == "forget":
+            freed = sidecar_space.drop_kv_cache(store, args.conversation)
+            print(
+                f"lmchat: removed the KV cache of {args.conversation!r} ({sidecar_space.format_size(freed)}); its "
+                "history stays, and a later kernel evaluates it again"
+                if freed
+                else f"lmchat: {args.conversation!r} has no KV cache file; its history stays"
+            )
             return None
         if command == "use":
             store.get(args.conversation)
@@ -254,11 +268,11 @@ class ChatMagics(Magics):
             path = Path(args.path) if args.path else store.sidecar.session_path(store.active)
             path.parent.mkdir(parents=True, exist_ok=True)
             conv.save(path)
-            print(f"lmchat: saved to {path}")
+            print(f"lmchat: saved to {path.resolve()}")
         elif command == "load":
             self._load(Path(args.path), store)
         elif command == "export":
-            self._export(conv, Path(args.path))
+            self._export(conv, Path(args.path).expanduser())
         elif command == "model":
             conv.switch_model(store.model_for(args.spec), progress=store.progress("Re-reading"))
             print(f"lmchat: now on {conv.model.describe()}")
@@ -275,6 +289,11 @@ class ChatMagics(Magics):
             from dataclasses import replace
 
             store.settings = replace(store.settings, n_ctx=args.n_ctx)
+        if args.max_sidecar_mb is not None:
+            if args.max_sidecar_mb < 0:
+                raise UsageError("%chat config --max-sidecar-mb MB: MB is a size in megabytes, or 0 for no cap")
+            store.max_sidecar_bytes = int(args.max_sidecar_mb * 1e6) or None
+            sidecar_space.enforce_cap(store)
         from . import frontend
 
         if args.embed is not None:
@@ -283,6 +302,7 @@ class ChatMagics(Magics):
             f"autosave: {'on' if store.autosave else 'off'}\n"
             f"sidecar: {store.sidecar.folder}{'' if store.sidecar.writable else ' (read-only here)'}\n"
             f"n_ctx: {store.settings.n_ctx or 'default (8192, capped by the model)'}\n"
+            f"max sidecar size: {_cap(store)}\n"
             f"embed: {frontend.bridge().embed} (kept in the notebook's metadata)"
         )
 
@@ -305,7 +325,8 @@ class ChatMagics(Magics):
             atomic_write(path, [transcript_markdown(conv.history).encode("utf-8")])
         else:
             raise UsageError("%chat export PATH: PATH must end in .md (Markdown) or .json (history)")
-        print(f"lmchat: exported {conv.info.message_count} messages to {path}")
+        # A bare name lands in the kernel's working folder, which is not always the notebook's: say where.
+        print(f"lmchat: exported {conv.info.message_count} messages to {path.resolve()}")
 
 
 # %chat? shows the help that the two declarations generate.
@@ -372,11 +393,42 @@ def _describe(conv: Conversation, name: str, state: kernel.KernelChats) -> str:
         f"conversation: {name} ({info.conversation_id})",
         f"model: {conv.model.describe()}",
         f"messages: {info.message_count} ({info.user_message_count} turns), tokens: {info.token_count:,} / {info.n_ctx:,}",
-        f"sidecar: {store.sidecar.folder} — {saved}",
+        f"sidecar: {store.sidecar.folder} ({_folder_size(store)}) — {saved}",
     ]
+    if name in store.kv_cache_off:
+        lines.append("KV cache: not on disk (removed); written again after the next change")
     if conv.restored_from:
         lines.append(f"restored: {conv.restored_from}")
     return "\n".join(lines)
+
+
+def _folder_size(store: ChatStore) -> str:
+    return sidecar_space.format_size(sidecar_space.folder_size(store.sidecar.folder))
+
+
+def _cap(store: ChatStore) -> str:
+    cap = store.max_sidecar_bytes
+    return "no cap" if cap is None else f"{sidecar_space.format_size(cap)} (older KV caches are removed past it)"
+
+
+def _list(state: kernel.KernelChats) -> str:
+    """The notebook's conversations, the active one starred, with what each takes on disk."""
+    store = state.store
+    on_disk = {files.name: files for files in sidecar_space.conversation_files(store.sidecar)}
+    rows = []
+    for name in store.names() or [store.active]:
+        files = on_disk.get(name)
+        if files is None:
+            size = "in the notebook's metadata, evaluated at first use" if name in store.embedded else "not saved yet"
+        elif files.kv_cache_bytes:
+            size = (
+                f"{sidecar_space.format_size(files.total)} (KV cache {sidecar_space.format_size(files.kv_cache_bytes)})"
+            )
+        else:
+            size = f"{sidecar_space.format_size(files.total)} (history only)"
+        rows.append(f"{'*' if name == store.active else ' '} {name:<20} {size}")
+    rows.append(f"sidecar: {store.sidecar.folder} ({_folder_size(store)} in all; cap: {_cap(store)})")
+    return "\n".join(rows)
 
 
 def _on_pre_run_cell(info: Any) -> None:

@@ -60,6 +60,8 @@ def restore(store: ChatStore, name: str) -> Conversation | None:
     if conv is None and history is not None:
         conv = Conversation.from_history(model, history, progress=store.progress(f"Re-reading {name}"))
         note = f"history from {source}" + (f"; {note}" if note else "")
+        if not saved.has_session:
+            store.kv_cache_off.add(name)  # removed (`%chat forget`, the size cap): not written back unchanged
     if conv is None:
         store.notify(f"lmchat: {name!r} could not be restored: {note}")
         return None

@@ -9,11 +9,12 @@ alone when the session is absent, foreign or damaged.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from . import embedded_chats, folder_share, restoring, signing
+from . import embedded_chats, folder_share, restoring, sidecar_space, signing
 from .atomic import atomic_write
 from .conversation import Conversation, Progress
 from .errors import LmchatError, StorageError
@@ -64,6 +65,11 @@ class ChatStore:
         #: Conversations saved beside a folder that another kernel holds: name -> the name saved under.
         self.beside: dict[str, str] = {}
         self.said: set[str] = set()  # conversations whose unsigned files' model was named to the user
+        #: Conversations whose KV cache stays off the disk until they change: dropped by `%chat forget`
+        #: or the size cap, or restored from a history alone (else the next shutdown writes it back).
+        self.kv_cache_off: set[str] = set()
+        #: Past this size, saving removes the KV caches of the least recently saved conversations.
+        self.max_sidecar_bytes: int | None = _cap_from_environment()
         #: Called with (name, conversation) whenever a conversation is created, restored or replaced.
         self.adopt_listeners: list[Callable[[str, Conversation], None]] = []
         self._open_sidecar()
@@ -81,6 +87,7 @@ class ChatStore:
             self.notify(f"lmchat: {exc}. Chats stay in memory only.")
         if self.sidecar.writable:
             self.sidecar.remove_stale_temp_files()
+            sidecar_space.keep_out_of_git(self.sidecar.folder)
 
     def move_to(self, sidecar: Sidecar) -> None:
         """Follow a renamed or moved notebook: its chats go with it to the new sidecar folder."""
@@ -251,6 +258,7 @@ class ChatStore:
 
     def keep(self, name: str, conv: Conversation) -> None:
         """Save ``conv`` as ``name``: its history at once, its full session in the background."""
+        self.kv_cache_off.discard(name)
         self._write_history(name, conv)
         self._schedule(name)
 
@@ -303,7 +311,7 @@ class ChatStore:
     def save(self, name: str, path: Path | None = None) -> bool:
         """Save ``name``'s full session now (to its sidecar file unless ``path`` is given)."""
         conv = self.conversations.get(name)
-        if conv is None or conv.history.user_message_count == 0:
+        if conv is None or conv.history.user_message_count == 0 or (path is None and name in self.kv_cache_off):
             return False
         target = path or self.sidecar.session_path(name)
         try:
@@ -313,6 +321,8 @@ class ChatStore:
             self._save_failed(str(exc))
             return False
         self.last_save_error = None
+        if path is None:
+            sidecar_space.enforce_cap(self, keep={name})
         return True
 
     def _save_failed(self, message: str) -> None:
@@ -345,3 +355,12 @@ class ChatStore:
         for unsubscribe in self._unsubscribe.values():
             unsubscribe()
         self.sidecar.release()
+
+
+def _cap_from_environment() -> int | None:
+    """``$LMCHAT_MAX_SIDECAR_MB`` in bytes; None (no cap) when unset, empty, 0 or not a number."""
+    try:
+        megabytes = float(os.environ.get("LMCHAT_MAX_SIDECAR_MB") or 0)
+    except ValueError:
+        return None
+    return int(megabytes * 1e6) if megabytes > 0 else None
