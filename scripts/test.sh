@@ -4,10 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh "default-model,test"
-if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "[test] installing Debian's chromium for the browser tests (apt-get, about a minute)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "[test] chromium is not installed: the browser tests are skipped (sudo apt-get install chromium)"
+  fi
 fi
+echo "[test] lint (ruff) and types (mypy)"
 .venv/bin/ruff check lmchat_jupyter lmchat tests benchmarks
 .venv/bin/ruff format --check lmchat_jupyter lmchat tests benchmarks
 .venv/bin/mypy
+echo "[test] pytest: engine, kernels, notebooks and browser"
 .venv/bin/python -m pytest "$@"
