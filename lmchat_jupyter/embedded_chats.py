@@ -38,7 +38,12 @@ def offer(store: ChatStore, chat: EmbeddedChat) -> str | None:
     have = conv.history if conv is not None else store.disk_history(chat.name)
     note = ""
     if have is not None and have.user_message_count:
-        if relation(have, chat.history) is Relation.DIVERGED:
+        found = relation(have, chat.history)
+        if found in (Relation.SAME, Relation.A_EXTENDS):
+            # The sidecar's files hold it all (and wait themselves): keep it only for the notebook's metadata.
+            store.embedded[chat.name] = chat
+            return None
+        if found is Relation.DIVERGED:
             other = free_name(chat.name, store.names(), "notebook")
             note = f"; the sidecar's {chat.name!r} is another conversation, so the notebook's is kept as {other!r}"
             chat = EmbeddedChat(other, chat.history, chat.model_spec)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from .conversation import Conversation
 from .errors import LmchatError, SessionCorruptError, SessionMismatchError
 from .history import ChatHistory
+from .metadata import EmbeddedChat
 from .models import Model
 from .reconcile import Relation, length_note, move_aside, relation
 from .saved import SavedChat, read_saved, session_history, untrusted_model_note
@@ -20,7 +21,7 @@ from .sidecar import SESSION_SUFFIX
 if TYPE_CHECKING:
     from .store import ChatStore
 
-__all__ = ["restore", "catch_up", "waiting_note", "unsigned_history"]
+__all__ = ["restore", "catch_up", "defer_unsigned", "unsigned_history"]
 
 
 def restore(store: ChatStore, name: str) -> Conversation | None:
@@ -88,22 +89,26 @@ def unsigned_history(store: ChatStore, name: str, saved: SavedChat) -> ChatHisto
     return saved.history
 
 
-def waiting_note(store: ChatStore, name: str, saved: SavedChat) -> str | None:
-    """For files that no kernel of this user signed (a cloned notebook): the line that says they wait.
+def defer_unsigned(store: ChatStore, name: str) -> bool:
+    """Files that no kernel of this user signed (a cloned notebook) wait for their conversation's first use.
 
-    Their history is evaluated when the conversation is first used, not at ``%load_ext``: a cloned
-    repository with many conversations must not cost minutes before anything is asked. None where
-    the files are this user's (restored at once) or unreadable (restoring says why).
+    Their history is evaluated then, not at ``%load_ext``: a cloned repository with many
+    conversations must not cost minutes before anything is asked. Meanwhile the history waits with
+    the notebook's (``store.embedded``), so the notebook's metadata keeps it. False (nothing done)
+    where the files are this user's (restored at once) or unreadable (restoring says why).
     """
+    saved = read_saved(store.sidecar, name)
     history = unsigned_history(store, name, saved)
     if history is None:
-        return None
+        return False
+    store.embedded.setdefault(name, EmbeddedChat(name, history, None))
     model = store.model_spec or "the default model"
     _tell_once(store, name, untrusted_model_note(name, saved, store.model_spec, model, store.active))
-    return (
+    store.notify(
         f"lmchat: {name}: {length_note(history)}, in files that this user's kernels did not sign (a copied or "
         "cloned notebook?); its history is evaluated when the conversation is first used (%%chat or the chat widget)"
     )
+    return True
 
 
 def catch_up(

@@ -223,9 +223,7 @@ class ChatStore:
             if is_backup_name(name):
                 continue  # kept aside: listed, restored when used
             if name not in self.conversations:
-                waiting = restoring.waiting_note(self, name, read_saved(self.sidecar, name))
-                if waiting is not None:
-                    self.notify(waiting)
+                if restoring.defer_unsigned(self, name):
                     continue
                 try:
                     self.restore(name)
