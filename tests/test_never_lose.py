@@ -233,3 +233,26 @@ def test_the_longer_of_two_versions_wins(tmp_path: Path) -> None:
     finally:
         k.shutdown()
     assert users(folder / "default.history.json") == ["My name is Ada.", "I like red apples."]
+
+
+def test_a_taken_over_folder_gets_the_longer_conversation_under_its_own_name(tmp_path: Path) -> None:
+    notebook = notebook_file(tmp_path, "nb.ipynb")
+    folder = tmp_path / "nb.lmchat"
+    first = KernelDriver(notebook, tmp_path)
+    second = KernelDriver(notebook, tmp_path)
+    running = [first, second]
+    try:
+        first.run("%load_ext lmchat")
+        first.run(CHAT + "My name is Ada.", cell_id="c1")
+        second.run("%load_ext lmchat")
+        assert "saved beside it as 'default-kernel'" in second.run(CHAT + "Hi.", cell_id="x1").stdout
+        running.remove(first)
+        first.shutdown()  # it added nothing since: the second kernel's conversation extends the folder's
+        took = second.run(CHAT + "Hi again.", cell_id="x2")
+        assert "this kernel saves its chats there now" in took.stdout and "saved as" not in took.stdout, took.text
+        second.value(f"{STORE}.flush() or 1")
+    finally:
+        for k in running:
+            k.shutdown()
+    assert users(folder / "default.history.json") == ["My name is Ada.", "Hi.", "Hi again."]
+    assert not list(folder.glob("default-kernel*"))  # what was saved beside is in the folder's now
