@@ -41,6 +41,7 @@ class SavedChat:
 
     @property
     def exists(self) -> bool:
+        """Whether a readable history or a session file (readable or not) is there."""
         return self.history is not None or self.has_session
 
     def trusted_spec(self) -> str | None:
@@ -64,6 +65,7 @@ class SavedChat:
         return spec
 
     def untrusted_model_name(self) -> str | None:
+        """The model name an unsigned session's header gives (shown, never used)."""
         compat = self.header.get("compat") if self.header is not None and not self.session_signed else None
         name = compat.get("model_name") if isinstance(compat, dict) else None
         return name if isinstance(name, str) else None
