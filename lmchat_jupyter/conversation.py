@@ -186,7 +186,7 @@ class Conversation:
         user: Message | None = None
         try:
             if prompt is not None:
-                user = Message("user", prompt, cell_id=cell_id)
+                user = Message("user", prompt, cell_id=cell_id, meta={"time": round(time.time(), 3)})
                 self.history.messages.append(user)
                 self._emit("turn_started", user)
             evaluated = self._sync(self._render(generation_prompt=True), reserve=1)
@@ -252,13 +252,21 @@ class Conversation:
                 self._rewind_cache()
                 self._emit("rewound", text="the turn was interrupted before its answer began")
             else:
-                meta: dict[str, Any] = {} if finish == "stop" else {"finish_reason": finish}
-                answer = Message("assistant", text, cell_id=cell_id, meta=meta)
-                self.history.messages.append(answer)
-                self.history.token_count = len(self._state.tokens)
                 end = time.perf_counter()
                 first = first_token_at or end
                 rate = (generated - 1) / (end - first) if generated > 1 and end > first else 0.0
+                # When and how fast, kept with the answer so that every view can show it after a restart.
+                meta: dict[str, Any] = {
+                    "time": round(time.time(), 3),
+                    "tokens": generated,
+                    "tokens_per_second": round(rate, 1),
+                    "seconds": round(end - start, 2),
+                }
+                if finish != "stop":
+                    meta["finish_reason"] = finish
+                answer = Message("assistant", text, cell_id=cell_id, meta=meta)
+                self.history.messages.append(answer)
+                self.history.token_count = len(self._state.tokens)
                 turn.result = self.last_result = TurnResult(
                     text=text,
                     message=answer,

@@ -5,6 +5,8 @@ kernel starts or restarts, ``{"type": "path", "notebook_path"}`` after a rename.
 ``{"type": "metadata", "value"}``, the history to store under ``metadata.lmchat``, and ``{"type": "strip"}``
 to remove it. When the
 extension loads after the notebook opened, the kernel opens ``lmchat.frontend`` to ask for a hello.
+The chat panel's messages (``{"type": "panel", ...}`` and ``panel_*``) travel on the same comms:
+see :mod:`.panel_comm`.
 Without the extension the kernel reads ``metadata.lmchat`` from the .ipynb on disk.
 """
 
@@ -26,6 +28,7 @@ from .metadata import (
     read_notebook_metadata,
     strip_notebook_file,
 )
+from .panel_comm import PanelChannel
 
 __all__ = ["register", "unregister", "FrontendBridge"]
 
@@ -46,6 +49,7 @@ class FrontendBridge:
         #: Whether the JupyterLab extension said hello: then it, not the file on disk, holds the metadata.
         self.extension_seen = False
         self._listening: set[int] = set()
+        self.panel = PanelChannel(self.send)
 
     # --- incoming -------------------------------------------------------------------------------
 
@@ -63,6 +67,9 @@ class FrontendBridge:
         if not isinstance(data, dict):
             return
         kind = data.get("type")
+        if kind == "panel":
+            self.panel.handle(data)
+            return
         try:
             if kind in ("hello", "path"):
                 self._set_path(data.get("notebook_path"))
@@ -70,6 +77,7 @@ class FrontendBridge:
                 self.extension_seen = True
                 self._take_metadata(data.get("metadata"))
                 self.push()
+                self.panel.send_state(None)  # tells the panel that lmchat is loaded here
         except LmchatError as exc:
             print(f"lmchat: the notebook's embedded chat was not used: {exc}")
 
@@ -128,12 +136,17 @@ class FrontendBridge:
         if value is None:
             # Nothing to embed yet (or a restore was refused): never erase what the notebook carries.
             return
+        self.send({"type": "metadata", "format": METADATA_FORMAT, "value": value})
+
+    def send(self, data: dict[str, Any]) -> None:
+        """Send ``data`` to every frontend; a closed comm is dropped, never raised (turns send too)."""
         for comm in list(self.comms):
             try:
-                comm.send({"type": "metadata", "format": METADATA_FORMAT, "value": value})
-            except Exception:  # a closed comm must not break a turn
+                comm.send(data)
+            except Exception:
                 log.debug("lmchat: dropping a dead comm", exc_info=True)
-                self.comms.remove(comm)
+                if comm in self.comms:
+                    self.comms.remove(comm)
 
     def set_embed(self, embed: str) -> None:
         """Choose what the notebook carries, and write the choice (with what it allows) into its metadata."""
@@ -205,6 +218,7 @@ def unregister(ipython: Any) -> None:
         from comm import get_comm_manager
 
         get_comm_manager().unregister_target(TARGET, bridge().on_open)
+    bridge().panel.close()
     for comm in list(bridge().comms):
         try:
             comm.close()

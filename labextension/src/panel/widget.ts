@@ -1,0 +1,350 @@
+import {
+  ActiveCellManager,
+  ChatWidget,
+  IInputToolbarRegistry,
+  InputToolbarRegistry
+} from '@jupyter/chat';
+import { JupyterFrontEnd } from '@jupyterlab/application';
+import { IThemeManager } from '@jupyterlab/apputils';
+import { INotebookTracker } from '@jupyterlab/notebook';
+import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
+import { LabIcon, stopIcon } from '@jupyterlab/ui-components';
+import { JSONObject } from '@lumino/coreutils';
+import { Panel, Widget } from '@lumino/widgets';
+import React from 'react';
+
+import { Context, NotebookLink } from '../link';
+import { footerRegistry, iconButton } from './footer';
+import { IPanelState, KernelChatModel } from './model';
+
+const LOAD_CODE = '%load_ext lmchat';
+
+const chatIcon = new LabIcon({
+  name: 'lmchat-jupyter:chat',
+  svgstr:
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" width="16">' +
+    '<path class="jp-icon3" fill="#616161" d="M4 4h16v11H7l-3 3z"/></svg>'
+});
+
+/** Stop: ends the answer being generated (the panel's own, or a %%chat cell's by interrupting). */
+function StopButton(
+  props: InputToolbarRegistry.IToolbarItemProps
+): React.ReactElement {
+  const model = props.chatModel as KernelChatModel | undefined;
+  const [generating, setGenerating] = React.useState(
+    !!model?.state?.generating
+  );
+  React.useEffect(() => {
+    if (!model) {
+      return;
+    }
+    const changed = () => setGenerating(!!model.state?.generating);
+    model.stateChanged.connect(changed);
+    changed();
+    return () => {
+      model.stateChanged.disconnect(changed);
+    };
+  }, [model]);
+  if (props.edit) {
+    return React.createElement(React.Fragment);
+  }
+  return iconButton(
+    'Stop the answer',
+    'lmchat-panel-stop',
+    stopIcon,
+    () => model?.stop(),
+    !generating,
+    true
+  );
+}
+
+function inputToolbar(): IInputToolbarRegistry {
+  const registry = InputToolbarRegistry.defaultToolbarRegistry();
+  registry.hide('attach'); // the kernel's model reads text only
+  registry.addItem('stop', { element: StopButton, position: 90 });
+  return registry;
+}
+
+/** One notebook's chat: its model, its view and the conversation it shows. */
+class NotebookChat {
+  constructor(
+    readonly link: NotebookLink,
+    options: ChatPanel.IOptions,
+    activeCellManager: ActiveCellManager
+  ) {
+    this.model = new KernelChatModel(
+      {
+        request: (action, extra) => this.request(action, extra),
+        interrupt: () => void link.currentKernel?.interrupt()
+      },
+      {
+        config: {
+          sendWithShiftEnter: false,
+          stackMessages: false,
+          unreadNotifications: false,
+          enableCodeToolbar: true
+        },
+        activeCellManager,
+        commands: options.app.commands
+      }
+    );
+    this.view = new ChatWidget({
+      model: this.model,
+      rmRegistry: options.rendermime,
+      themeManager: options.themeManager,
+      inputToolbarRegistry: inputToolbar(),
+      messageFooterRegistry: footerRegistry(),
+      area: 'sidebar'
+    });
+    link.messageReceived.connect(this.onMessage, this);
+    link.connectionChanged.connect(this.onConnection, this);
+    this.kernel = link.currentKernel;
+  }
+
+  /** The conversation shown: null until the kernel says which one `%%chat` uses. */
+  name: string | null = null;
+  /** Whether this notebook's kernel has lmchat loaded (it answered on the comm). */
+  loaded = false;
+  readonly model: KernelChatModel;
+  readonly view: ChatWidget;
+
+  request(action: string, extra: JSONObject = {}): boolean {
+    const sent = this.link.post({
+      type: 'panel',
+      action,
+      ...(this.name ? { name: this.name } : {}),
+      ...extra
+    });
+    if (!sent) {
+      this.model.error = `lmchat is not loaded in this kernel: run ${LOAD_CODE} first.`;
+    }
+    return sent;
+  }
+
+  pick(name: string): void {
+    if (name !== this.name) {
+      this.name = name;
+      this.model.error = '';
+      this.request('sync');
+    }
+  }
+
+  /** Run `%load_ext lmchat` in the kernel, without a cell and without output. */
+  load(): void {
+    this.link.currentKernel?.requestExecute({
+      code: LOAD_CODE,
+      silent: true,
+      store_history: false
+    });
+  }
+
+  dispose(): void {
+    this.link.messageReceived.disconnect(this.onMessage, this);
+    this.link.connectionChanged.disconnect(this.onConnection, this);
+    this.view.dispose();
+    this.model.dispose();
+  }
+
+  private onMessage(_: NotebookLink, data: JSONObject): void {
+    const wasLoaded = this.loaded;
+    this.loaded = true;
+    if (data.type === 'panel_state') {
+      const state = data as unknown as IPanelState;
+      if (this.name === null) {
+        this.name = state.name;
+      }
+      if (state.name === this.name) {
+        this.model.applyState(state);
+      } else if (this.model.state) {
+        // Another conversation changed: the picker learns its name.
+        this.model.applyState({ ...this.model.state, names: state.names });
+      } else if (!wasLoaded) {
+        this.request('sync');
+      }
+    } else if (data.type === 'panel_stream' && data.name === this.name) {
+      this.model.applyStream(String(data.text ?? ''));
+    } else if (data.type === 'panel_error' && data.name === this.name) {
+      this.model.error = String(data.text ?? '');
+    }
+    if (!wasLoaded) {
+      this.changed();
+    }
+  }
+
+  private onConnection(): void {
+    const kernel = this.link.currentKernel;
+    const loaded =
+      this.loaded && this.link.connected && kernel === this.kernel;
+    this.kernel = kernel;
+    this.loaded = loaded;
+    this.changed();
+  }
+
+  /** Called when `loaded` or the kernel changes. */
+  changed: () => void = () => undefined;
+  private kernel: unknown;
+}
+
+/**
+ * The sidebar panel: a line saying which conversation of which notebook it
+ * shows (with a picker when there are several), and that conversation as a
+ * @jupyter/chat chat. It follows the current notebook.
+ */
+export class ChatPanel extends Panel {
+  constructor(private readonly options: ChatPanel.IOptions) {
+    super();
+    this.id = 'lmchat-panel';
+    this.addClass('lmchat-panel');
+    this.title.icon = chatIcon;
+    this.title.caption = 'lmchat: the notebook kernel’s chat';
+    this.header.addClass('lmchat-panel-header');
+    this.header.node.innerHTML =
+      '<div class="lmchat-panel-title"><span class="lmchat-panel-notebook"></span>' +
+      '<select class="lmchat-panel-picker" aria-label="Conversation"></select></div>' +
+      '<div class="lmchat-panel-status"></div>' +
+      '<div class="lmchat-panel-error" role="alert"></div>' +
+      '<div class="lmchat-panel-unloaded"><p>lmchat is not loaded in this notebook’s kernel.</p>' +
+      `<button class="jp-Button jp-mod-styled jp-mod-accept lmchat-panel-load">Load lmchat (${LOAD_CODE})</button></div>`;
+    this.addWidget(this.header);
+    this.activeCellManager = new ActiveCellManager({
+      tracker: options.tracker,
+      shell: options.app.shell
+    });
+    this.picker.addEventListener('change', () =>
+      this.current?.pick(this.picker.value)
+    );
+    this.find('.lmchat-panel-load').addEventListener('click', () =>
+      this.current?.load()
+    );
+    options.tracker.currentChanged.connect(this.follow, this);
+    this.follow();
+  }
+
+  /** The chat of the current notebook, if any. */
+  get current(): NotebookChat | null {
+    return this._current;
+  }
+
+  /** Show the chat of the notebook that is current now. */
+  private follow(): void {
+    const panel = this.options.tracker.currentWidget;
+    const chat = panel ? this.chatFor(panel.context) : null;
+    if (chat === this._current) {
+      return;
+    }
+    if (this._current) {
+      this._current.model.stateChanged.disconnect(this.render, this);
+      this._current.view.parent = null;
+    }
+    this._current = chat;
+    if (chat) {
+      chat.model.stateChanged.connect(this.render, this);
+      this.addWidget(chat.view);
+    }
+    this.render();
+  }
+
+  private chatFor(context: Context): NotebookChat {
+    let chat = this.chats.get(context);
+    if (!chat) {
+      const made = new NotebookChat(
+        this.options.linkFor(context),
+        this.options,
+        this.activeCellManager
+      );
+      made.changed = () => {
+        if (made === this._current) {
+          this.render();
+        }
+      };
+      context.disposed.connect(() => {
+        this.chats.delete(context);
+        if (made === this._current) {
+          this._current = null;
+          this.follow();
+        }
+        made.dispose();
+      });
+      this.chats.set(context, made);
+      chat = made;
+    }
+    return chat;
+  }
+
+  private render(): void {
+    const chat = this._current;
+    const notebook = this.find('.lmchat-panel-notebook');
+    const status = this.find('.lmchat-panel-status');
+    const error = this.find('.lmchat-panel-error');
+    const unloaded = this.find('.lmchat-panel-unloaded');
+    const state = chat?.model.state ?? null;
+    notebook.textContent = chat
+      ? chat.link.context.localPath.split('/').pop() ?? ''
+      : 'No notebook';
+    const names = state ? state.names : [];
+    this.picker.replaceChildren(
+      ...names.map(n => {
+        const option = document.createElement('option');
+        option.value = option.textContent = n;
+        return option;
+      })
+    );
+    this.picker.value = chat?.name ?? '';
+    this.picker.style.display = names.length > 1 ? '' : 'none';
+    const hasKernel = !!chat?.link.currentKernel;
+    const loaded = !!chat?.loaded;
+    unloaded.style.display = chat && hasKernel && !loaded ? '' : 'none';
+    if (chat) {
+      chat.view.setHidden(!loaded);
+    }
+    status.textContent = !chat
+      ? 'Open a notebook to chat with its kernel.'
+      : !hasKernel
+        ? 'This notebook has no kernel: start one to chat.'
+        : !loaded
+          ? ''
+          : describe(state, chat.name);
+    error.textContent = chat?.model.error ?? '';
+    error.style.display = chat?.model.error ? '' : 'none';
+  }
+
+  private find(selector: string): HTMLElement {
+    return this.header.node.querySelector(selector) as HTMLElement;
+  }
+
+  private get picker(): HTMLSelectElement {
+    return this.find('.lmchat-panel-picker') as HTMLSelectElement;
+  }
+
+  private header = new Widget();
+  private chats = new Map<Context, NotebookChat>();
+  private _current: NotebookChat | null = null;
+  private activeCellManager: ActiveCellManager;
+}
+
+/** The status line: model, context use, and whether an answer is under way. */
+function describe(state: IPanelState | null, name: string | null): string {
+  if (!state || state.model === null) {
+    return `Conversation ${name ?? ''}: no messages yet. Write one below, or run a %%chat cell.`;
+  }
+  const parts = [state.model];
+  if (typeof state.tokens === 'number' && typeof state.n_ctx === 'number') {
+    parts.push(
+      `${state.tokens.toLocaleString('en')} / ${state.n_ctx.toLocaleString('en')} tokens`
+    );
+  }
+  if (state.generating) {
+    parts.push('generating…');
+  }
+  return parts.join(' · ');
+}
+
+export namespace ChatPanel {
+  export interface IOptions {
+    app: JupyterFrontEnd;
+    tracker: INotebookTracker;
+    rendermime: IRenderMimeRegistry;
+    themeManager: IThemeManager | null;
+    linkFor: (context: Context) => NotebookLink;
+  }
+}

@@ -1,0 +1,224 @@
+"""The chat panel's side of the ``lmchat`` comm: the conversation as the JupyterLab sidebar shows it.
+
+Frontend → kernel: ``{"type": "panel", "action", "name", ...}`` with ``action`` one of ``sync``
+(send the state of conversation ``name``), ``send`` (``text``), ``stop``, ``regenerate`` and
+``edit`` (``id`` of a user message, ``text``: the conversation goes back to just before that
+message and answers ``text``). Kernel → frontend: ``{"type": "panel_state", ...}`` (the whole
+conversation, sent on every change but a token), ``{"type": "panel_stream", "name", "text"}`` (the
+answer so far, at most every :data:`STREAM_SECONDS`) and ``{"type": "panel_error", "name", "text"}``.
+
+The panel's turns run on a background thread, as the chat widget's do, so that the kernel still
+answers Stop while one generates. Every frontend sees every conversation's changes; each shows the
+one it picked.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import kernel
+from .conversation import Conversation
+from .errors import LmchatError
+from .events import ConversationEvent
+from .replay import WIDGET_CELL_ID
+
+__all__ = ["PanelChannel", "message_rows"]
+
+#: Send the answer being generated at most this often (each message carries the whole answer so far).
+STREAM_SECONDS = 0.05
+#: Conversation events after which the panel gets the whole state again.
+STATE_EVENTS = ("turn_started", "message_added", "rewound", "cleared", "restored", "model_changed")
+MAX_TEXT_CHARS = 1_000_000
+
+Send = Callable[[dict[str, Any]], None]
+
+
+def message_rows(conv: Conversation) -> list[dict[str, Any]]:
+    """The conversation's messages (the system prompt left out) as the panel shows them."""
+    rows = []
+    for m in conv.history:
+        if m.role == "system":
+            continue
+        row: dict[str, Any] = {"id": m.id, "role": m.role, "content": m.content}
+        for key in ("time", "finish_reason", "tokens", "tokens_per_second", "seconds"):
+            if key in m.meta:
+                row[key] = m.meta[key]
+        rows.append(row)
+    return rows
+
+
+class PanelChannel:
+    """Answers the panel's requests and tells it about every change of every conversation."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self._lock = threading.Lock()
+        self._listening: dict[int, Callable[[], None]] = {}
+        self._partial: dict[int, list[str]] = {}  # id(conversation) -> the answer being generated
+        self._sent_at: dict[int, float] = {}
+        self._panel_turns: set[int] = set()  # conversations answering a turn the panel started
+        self._threads: list[threading.Thread] = []
+        self._store: Any = None  # the store whose new conversations it follows
+
+    # --- incoming -------------------------------------------------------------------------------
+
+    def handle(self, data: dict[str, Any]) -> None:
+        """One request from a panel; a bad one is answered with ``panel_error``, never raised."""
+        action, name = data.get("action"), data.get("name")
+        name = name if isinstance(name, str) and name else None
+        try:
+            if action == "sync":
+                self.send_state(name)
+            elif action == "send":
+                self._start(name, "send", _text(data))
+            elif action == "stop":
+                self._existing(name).stop()
+            elif action == "regenerate":
+                self._start(name, "regenerate", "")
+            elif action == "edit":
+                self._start(name, "edit", _text(data), data.get("id"))
+            else:
+                raise LmchatError(f"the panel asked for {action!r}, which this kernel's lmchat does not know")
+        except (LmchatError, ValueError) as exc:
+            self._error(name, str(exc))
+
+    def _existing(self, name: str | None) -> Conversation:
+        store = kernel.chats().store
+        conv = store.conversations.get(name or store.active)
+        if conv is None:
+            raise LmchatError("this conversation has no messages yet")
+        return conv
+
+    def _start(self, name: str | None, action: str, text: str, message_id: object = None) -> None:
+        store = kernel.chats().store
+        name = name or store.active
+        conv = store.get(name)  # creates it (and loads the model) on the first message
+        self.listen()
+        if conv.busy:
+            raise LmchatError("an answer is being generated: wait for it or press Stop")
+        keep: int | None = None
+        if action == "edit":
+            ids = [m.id for m in conv.history]
+            if message_id not in ids or conv.history[ids.index(message_id)].role != "user":
+                raise LmchatError("that message is no longer in the conversation; send it as a new one")
+            keep = ids.index(message_id)
+        thread = threading.Thread(
+            target=self._generate, args=(name, conv, action, text, keep), name="lmchat-panel", daemon=True
+        )
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def _generate(self, name: str, conv: Conversation, action: str, text: str, keep: int | None) -> None:
+        key = id(conv)
+        self._panel_turns.add(key)
+        try:
+            if keep is not None:
+                conv.rewind(keep)
+            turn = conv.regenerate() if action == "regenerate" else conv.stream(text, cell_id=WIDGET_CELL_ID)
+            for _ in turn:
+                pass
+        except (LmchatError, ValueError) as exc:
+            self._error(name, str(exc))
+        finally:
+            self._panel_turns.discard(key)
+            self._partial.pop(key, None)
+            self.send_state(name)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the panel's turns in progress; False if one still runs after ``timeout``."""
+        for thread in list(self._threads):
+            thread.join(timeout)
+        return not any(t.is_alive() for t in self._threads)
+
+    # --- outgoing -------------------------------------------------------------------------------
+
+    def listen(self) -> None:
+        """Follow every conversation of the store (new ones included, through the store's listeners)."""
+        store = self._store = kernel.chats().store
+        for name, conv in store.conversations.items():
+            self._follow(name, conv)
+        if self._adopted not in store.adopt_listeners:
+            store.adopt_listeners.append(self._adopted)
+
+    def close(self) -> None:
+        for unsubscribe in self._listening.values():
+            unsubscribe()
+        self._listening.clear()
+        if self._store is not None and self._adopted in self._store.adopt_listeners:
+            self._store.adopt_listeners.remove(self._adopted)
+        self._store = None
+
+    def _adopted(self, name: str, conv: Conversation) -> None:
+        self._follow(name, conv)
+        self.send_state(name)
+
+    def _follow(self, name: str, conv: Conversation) -> None:
+        with self._lock:
+            if id(conv) in self._listening:
+                return
+            self._listening[id(conv)] = conv.subscribe(lambda event: self._on_event(name, event))
+
+    def _on_event(self, name: str, event: ConversationEvent) -> None:
+        key = id(event.conversation)
+        if event.kind == "token":
+            partial = self._partial.setdefault(key, [])
+            partial.append(event.text)
+            now = time.monotonic()
+            if now - self._sent_at.get(key, 0.0) >= STREAM_SECONDS:
+                self._sent_at[key] = now
+                self._send({"type": "panel_stream", "name": name, "text": "".join(partial)})
+            return
+        if event.kind == "turn_started":
+            self._partial[key] = []
+        elif event.kind in ("message_added", "rewound", "cleared"):
+            self._partial.pop(key, None)
+        if event.kind in STATE_EVENTS:
+            self.send_state(name)
+
+    def send_state(self, name: str | None) -> None:
+        """The whole state of conversation ``name`` (default: the one ``%%chat`` uses), and every name."""
+        store = kernel.chats().store
+        name = name or store.active
+        conv = store.conversations.get(name)
+        if conv is None and name in store.names():
+            conv = store.get(name, create=False)  # saved, not restored yet: the panel asked for it
+        self.listen()
+        state: dict[str, Any] = {
+            "type": "panel_state",
+            "name": name,
+            "names": sorted(set(store.names()) | {name, store.active}),
+            "active": store.active,
+            "messages": [],
+            "generating": False,
+            "panel_turn": False,
+            "model": None,
+        }
+        if conv is not None:
+            info = conv.info
+            key = id(conv)
+            partial = self._partial.get(key)
+            state.update(
+                messages=message_rows(conv),
+                generating=partial is not None or key in self._panel_turns,
+                panel_turn=key in self._panel_turns,
+                partial="".join(partial) if partial is not None else None,
+                model=conv.model.name,
+                tokens=info.token_count,
+                n_ctx=info.n_ctx,
+            )
+        self._send(state)
+
+    def _error(self, name: str | None, text: str) -> None:
+        self._send({"type": "panel_error", "name": name or kernel.chats().store.active, "text": text})
+
+
+def _text(data: dict[str, Any]) -> str:
+    text = data.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("the message is empty; write something to send")
+    if len(text) > MAX_TEXT_CHARS:
+        raise ValueError(f"the message is longer than {MAX_TEXT_CHARS:,} characters; send a shorter one")
+    return text

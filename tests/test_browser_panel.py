@@ -1,0 +1,232 @@
+"""A real browser: the chat panel in JupyterLab's right sidebar, on the kernel's conversation.
+
+JupyterLab runs on localhost; Playwright drives Debian's chromium. The panel offers to load lmchat
+into a kernel without it, shows a %%chat cell's turn as it streams, sends, stops, copies, inserts a
+code block into a new cell, answers again, edits and resends a message, marks stopped and cut answers,
+follows the current notebook and picks among a notebook's conversations. The screenshot of the panel
+that the README shows (docs/panel.png) is taken here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .browser import ROOT, LabPage, LabServer, chromium_page, chromium_path, wait_for
+
+pytestmark = pytest.mark.browser
+
+SCREENSHOT = ROOT / "docs" / "panel.png"
+#: Short, repeatable answers for the panel's turns (the panel sends no options of its own).
+SHORT = (
+    "import dataclasses, lmchat_jupyter\n"
+    "c = lmchat_jupyter.current()\n"
+    "c.options = dataclasses.replace(c.options, temperature=0, max_tokens={})"
+)
+CELLS = [
+    "%load_ext lmchat",
+    SHORT.format(48),
+    "%%chat --temperature 0 --max-tokens 8\nMy name is Ada. Say hello to me.",
+    "%%chat --name other --temperature 0 --max-tokens 8\nHello from the other chat.",
+    SHORT.format(400),
+]
+LOAD, OPTIONS, CHAT, OTHER, LONG_ANSWERS = range(5)
+CODE_PROMPT = "Write a Python function that adds two numbers. Reply with one Python code block."
+
+
+def notebook(sources: list[str]) -> str:
+    cells = [
+        {"cell_type": "code", "id": f"cell-{i}", "metadata": {}, "source": s, "outputs": [], "execution_count": None}
+        for i, s in enumerate(sources)
+    ]
+    kernelspec = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {"kernelspec": kernelspec}, "cells": cells})
+
+
+class PanelPage(LabPage):
+    """The panel as a user sees it, and the kernel's conversation read back through a cell-less request."""
+
+    @property
+    def panel(self) -> Any:
+        return self.page.locator("#lmchat-panel")
+
+    def open_panel(self) -> None:
+        self.page.evaluate("() => window.jupyterapp.shell.activateById('lmchat-panel')")
+        self.panel.wait_for(state="visible")
+
+    def status(self) -> str:
+        return str(self.panel.locator(".lmchat-panel-status").inner_text())
+
+    def messages(self) -> list[dict[str, Any]]:
+        """Each message the panel shows: who, text, time, footer."""
+        return list(
+            self.page.evaluate(
+                """() => [...document.querySelectorAll('#lmchat-panel .jp-chat-message')].map(m => ({
+                    user: !m.querySelector('.jp-chat-message-header') ||
+                          !m.querySelector('.jp-chat-message-header').innerText.includes('Assistant'),
+                    text: m.querySelector('.jp-chat-rendered-message')?.innerText ?? '',
+                    time: m.querySelector('.jp-chat-message-time')?.innerText ?? '',
+                    stats: m.querySelector('.lmchat-panel-stats')?.innerText ?? '',
+                    ending: m.querySelector('.lmchat-panel-ending')?.getAttribute('data-ending') ?? '',
+                }))"""
+            )
+        )
+
+    def wait_messages(self, count: int, what: str, timeout: float = 300) -> list[dict[str, Any]]:
+        """Wait until ``count`` messages show, rendered, and none is being generated."""
+
+        def done() -> list[dict[str, Any]] | None:
+            shown = self.messages()
+            ready = len(shown) == count and all(m["text"].strip() for m in shown)
+            return shown if ready and "generating" not in self.status() else None
+
+        return wait_for(what, done, timeout=timeout)
+
+    def type_and_send(self, text: str) -> None:
+        box = self.panel.locator(".jp-chat-input-container textarea").first
+        box.click()
+        box.fill(text)
+        self.panel.locator(".jp-chat-send-button").click()
+
+    def message(self, index: int) -> Any:
+        return self.panel.locator(".jp-chat-message").nth(index)
+
+
+def widen_sidebar(page: Any, width: int) -> None:
+    """Drag the handle between the notebook and the right sidebar until the panel is ``width`` wide."""
+    box = page.locator("#lmchat-panel").bounding_box()
+    handle = page.locator("#jp-main-split-panel > .lm-SplitPanel-handle:not(.lm-mod-hidden)").last
+    grip = handle.bounding_box()
+    x, y = grip["x"] + grip["width"] / 2, grip["y"] + grip["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x - (width - box["width"]), y, steps=5)
+    page.mouse.up()
+
+
+def test_panel_in_jupyterlab(tmp_path: Path) -> None:
+    executable = chromium_path()
+    root = tmp_path / "lab"
+    root.mkdir()
+    (root / "first.ipynb").write_text(notebook(CELLS))
+    (root / "second.ipynb").write_text(notebook(["1 + 1"]))
+    with LabServer(root, home=tmp_path / "home") as server, chromium_page(executable) as page:
+        page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
+        lab = PanelPage(page, server)
+        try:
+            lab.open_notebook("first.ipynb")
+            lab.open_panel()
+
+            # A kernel without lmchat: the panel says so and loads it without a cell.
+            unloaded = lab.panel.locator(".lmchat-panel-unloaded")
+            unloaded.wait_for(state="visible")
+            assert "not loaded" in unloaded.inner_text()
+            lab.panel.locator(".lmchat-panel-load").click()
+            wait_for("lmchat to answer", lambda: "no messages yet" in lab.status(), timeout=180)
+            assert not unloaded.is_visible()
+            assert page.evaluate(  # no cell ran
+                "() => window.jupyterapp.shell.currentWidget.content.widgets.map(c => c.model.executionCount)"
+            ) == [None] * len(CELLS)
+
+            # A %%chat cell's turn shows in the panel as it streams, with time, stats and the cut marker.
+            lab.run_cell(OPTIONS)
+            lab.run_cell(CHAT, wait=False)
+            wait_for("the cell's message in the panel", lambda: len(lab.messages()) >= 1, timeout=300)
+            lab.wait_cell(CHAT)
+            user, answer = lab.wait_messages(2, "the cell's answer in the panel")
+            assert user["user"] and "My name is Ada" in user["text"] and user["time"]
+            assert not answer["user"] and answer["text"] and answer["time"]
+            assert "8 tokens" in answer["stats"] and "tok/s" in answer["stats"]
+            assert answer["ending"] == "length"
+            assert "/ 8,192 tokens" in lab.status()
+
+            # Send from the panel; the answer is the kernel's (and so the next %%chat cell's) too.
+            lab.type_and_send(CODE_PROMPT)
+            shown = lab.wait_messages(4, "the panel's answer")
+            assert shown[2]["text"] == CODE_PROMPT and shown[3]["stats"]
+
+            # Copy a message.
+            lab.message(2).hover()
+            lab.message(2).locator(".lmchat-panel-copy").click()
+            wait_for("the clipboard", lambda: page.evaluate("() => navigator.clipboard.readText()") == CODE_PROMPT)
+
+            # Insert the answer's code block into a new cell below the active one.
+            code = lab.message(3).locator(".jp-chat-rendered-message pre")
+            if code.count():
+                before = lab.page.evaluate("() => window.jupyterapp.shell.currentWidget.content.widgets.length")
+                page.evaluate("() => { window.jupyterapp.shell.currentWidget.content.activeCellIndex = 0; }")
+                lab.message(3).locator(".jp-chat-code-toolbar button").nth(1).click()
+                wait_for(
+                    "the inserted cell",
+                    lambda: (
+                        page.evaluate("() => window.jupyterapp.shell.currentWidget.content.widgets.length")
+                        == before + 1
+                    ),
+                )
+                inserted = page.evaluate(
+                    "() => window.jupyterapp.shell.currentWidget.content.widgets[1].model.sharedModel.getSource()"
+                )
+                assert inserted.strip() == code.first.inner_text().strip()
+                page.evaluate("() => window.jupyterapp.shell.currentWidget.content.model.sharedModel.deleteCell(1)")
+            else:
+                pytest.fail(f"the model answered without a code block: {shown[3]['text']!r}")
+
+            # Answer again: the last answer is replaced.
+            first_answer = shown[3]["text"]
+            lab.message(3).hover()
+            lab.message(3).locator(".lmchat-panel-regenerate").click()
+            wait_for("the new answer", lambda: "generating" in lab.status(), timeout=60)
+            shown = lab.wait_messages(4, "the answer given again")
+            assert shown[2]["text"] == CODE_PROMPT  # same message; temperature 0 may give the same answer
+            assert lab.message(1).locator(".lmchat-panel-regenerate").count() == 0  # only the last answer
+
+            # Edit and resend the first message: the conversation goes back to it.
+            lab.message(0).hover()
+            lab.message(0).get_by_role("button", name="Edit").click()
+            editor = lab.message(0).locator("textarea").first
+            editor.fill("My name is Grace. Say hello to me.")
+            editor.press("Enter")
+            shown = lab.wait_messages(2, "the edited turn")
+            assert shown[0]["text"] == "My name is Grace. Say hello to me." and shown[1]["text"]
+            assert first_answer not in [m["text"] for m in shown]
+
+            # Stop: the partial answer stays, marked.
+            lab.run_cell(LONG_ANSWERS)
+            lab.type_and_send("Tell me a very long story about a dragon who learns to bake bread.")
+            wait_for(
+                "the answer to stream", lambda: len(lab.messages()) == 4 and lab.messages()[3]["text"] not in ("", "…")
+            )
+            lab.panel.locator(".lmchat-panel-stop").click()
+            shown = lab.wait_messages(4, "the stopped answer")
+            assert shown[3]["ending"] == "stopped" and shown[3]["text"]
+            assert "stopped" in lab.message(3).locator(".lmchat-panel-ending").inner_text()
+            widen_sidebar(page, 420)
+            lab.screenshot(lab.panel, "panel.png")
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            lab.panel.screenshot(path=str(SCREENSHOT))
+
+            # A second conversation: the picker appears and switches.
+            lab.run_cell(OTHER)
+            picker = lab.panel.locator(".lmchat-panel-picker")
+            wait_for("the picker", picker.is_visible, timeout=60)
+            picker.select_option("other")
+            shown = lab.wait_messages(2, "the other conversation")
+            assert "Hello from the other chat." in shown[0]["text"]
+            picker.select_option("default")
+            lab.wait_messages(4, "the default conversation again")
+
+            # Another notebook, another kernel: the panel follows it, and comes back.
+            page.evaluate("() => { window.jupyterapp.commands.execute('docmanager:open', {path: 'second.ipynb'}); }")
+            unloaded.wait_for(state="visible", timeout=180_000)
+            assert "second.ipynb" in lab.panel.locator(".lmchat-panel-notebook").inner_text()
+            page.evaluate("() => { window.jupyterapp.commands.execute('docmanager:open', {path: 'first.ipynb'}); }")
+            lab.wait_messages(4, "the first notebook's conversation again", timeout=60)
+            assert not unloaded.is_visible()
+            assert page.evaluate("() => window.lmchatPwned") is None
+        except BaseException:
+            lab.screenshot(page, "panel-failure.png")
+            print("\n".join(lab.console[-40:]), "\n", server.log())
+            raise
