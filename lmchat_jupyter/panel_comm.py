@@ -23,6 +23,7 @@ from . import kernel
 from .conversation import Conversation
 from .errors import LmchatError
 from .events import ConversationEvent
+from .history import ChatHistory
 from .replay import WIDGET_CELL_ID
 
 __all__ = ["PanelChannel", "message_rows"]
@@ -36,10 +37,10 @@ MAX_TEXT_CHARS = 1_000_000
 Send = Callable[[dict[str, Any]], None]
 
 
-def message_rows(conv: Conversation) -> list[dict[str, Any]]:
-    """The conversation's messages (the system prompt left out) as the panel shows them."""
+def message_rows(history: ChatHistory) -> list[dict[str, Any]]:
+    """The history's messages (the system prompt left out) as the panel shows them."""
     rows = []
-    for m in conv.history:
+    for m in history:
         if m.role == "system":
             continue
         row: dict[str, Any] = {"id": m.id, "role": m.role, "content": m.content}
@@ -59,7 +60,7 @@ class PanelChannel:
         self._listening: dict[int, Callable[[], None]] = {}
         self._partial: dict[int, list[str]] = {}  # id(conversation) -> the answer being generated
         self._sent_at: dict[int, float] = {}
-        self._panel_turns: set[int] = set()  # conversations answering a turn the panel started
+        self._panel_turns: set[str] = set()  # conversations answering a turn the panel started
         self._threads: list[threading.Thread] = []
         self._store: Any = None  # the store whose new conversations it follows
 
@@ -95,36 +96,32 @@ class PanelChannel:
     def _start(self, name: str | None, action: str, text: str, message_id: object = None) -> None:
         store = kernel.chats().store
         name = name or store.active
-        conv = store.get(name)  # creates it (and loads the model) on the first message
-        self.listen()
-        if conv.busy:
+        conv = store.conversations.get(name)
+        if conv is not None and conv.busy:
             raise LmchatError("an answer is being generated: wait for it or press Stop")
-        keep: int | None = None
         if action == "edit":
-            ids = [m.id for m in conv.history]
-            if message_id not in ids or conv.history[ids.index(message_id)].role != "user":
-                raise LmchatError("that message is no longer in the conversation; send it as a new one")
-            keep = ids.index(message_id)
+            _user_index(conv.history if conv is not None else store.waiting(name), message_id)
         thread = threading.Thread(
-            target=self._generate, args=(name, conv, action, text, keep), name="lmchat-panel", daemon=True
+            target=self._generate, args=(name, action, text, message_id), name="lmchat-panel", daemon=True
         )
         self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         thread.start()
 
-    def _generate(self, name: str, conv: Conversation, action: str, text: str, keep: int | None) -> None:
-        key = id(conv)
-        self._panel_turns.add(key)
+    def _generate(self, name: str, action: str, text: str, message_id: object) -> None:
+        self._panel_turns.add(name)
         try:
-            if keep is not None:
-                conv.rewind(keep)
+            # The first message creates the conversation (loading the model) or evaluates its history.
+            conv = kernel.chats().store.get(name)
+            self.listen()
+            if action == "edit":
+                conv.rewind(_user_index(conv.history, message_id))
             turn = conv.regenerate() if action == "regenerate" else conv.stream(text, cell_id=WIDGET_CELL_ID)
             for _ in turn:
                 pass
         except (LmchatError, ValueError) as exc:
             self._error(name, str(exc))
         finally:
-            self._panel_turns.discard(key)
-            self._partial.pop(key, None)
+            self._panel_turns.discard(name)
             self.send_state(name)
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -183,7 +180,10 @@ class PanelChannel:
         store = kernel.chats().store
         name = name or store.active
         conv = store.conversations.get(name)
-        if conv is None and name in store.names():
+        # A history not evaluated yet (the notebook's, a copied folder's) is shown as it is: it is
+        # evaluated at its first message, not because the panel looked at it.
+        waiting = store.waiting(name) if conv is None else None
+        if conv is None and waiting is None and name in store.names():
             conv = store.get(name, create=False)  # saved, not restored yet: the panel asked for it
         self.listen()
         state: dict[str, Any] = {
@@ -192,18 +192,19 @@ class PanelChannel:
             "names": sorted(set(store.names()) | {name, store.active}),
             "active": store.active,
             "messages": [],
-            "generating": False,
-            "panel_turn": False,
+            "generating": name in self._panel_turns,
+            "panel_turn": name in self._panel_turns,
             "model": None,
+            "waiting": waiting is not None,
         }
+        if waiting is not None:
+            state["messages"] = message_rows(waiting)
         if conv is not None:
             info = conv.info
-            key = id(conv)
-            partial = self._partial.get(key)
+            partial = self._partial.get(id(conv))
             state.update(
-                messages=message_rows(conv),
-                generating=partial is not None or key in self._panel_turns,
-                panel_turn=key in self._panel_turns,
+                messages=message_rows(conv.history),
+                generating=partial is not None or name in self._panel_turns,
                 partial="".join(partial) if partial is not None else None,
                 model=conv.model.name,
                 tokens=info.token_count,
@@ -213,6 +214,14 @@ class PanelChannel:
 
     def _error(self, name: str | None, text: str) -> None:
         self._send({"type": "panel_error", "name": name or kernel.chats().store.active, "text": text})
+
+
+def _user_index(history: ChatHistory | None, message_id: object) -> int:
+    """Where the user message ``message_id`` is in ``history``: the conversation goes back to there."""
+    ids = [m.id for m in history] if history is not None else []
+    if message_id not in ids or history is None or history[ids.index(message_id)].role != "user":
+        raise LmchatError("that message is no longer in the conversation; send it as a new one")
+    return ids.index(message_id)
 
 
 def _text(data: dict[str, Any]) -> str:

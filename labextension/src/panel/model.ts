@@ -32,6 +32,8 @@ export interface IPanelState {
   panel_turn: boolean;
   partial?: string | null;
   model: string | null;
+  /** The history is the notebook's, evaluated at the next message. */
+  waiting?: boolean;
   tokens?: number;
   n_ctx?: number;
 }

@@ -324,6 +324,9 @@ export class ChatPanel extends Panel {
 
 /** The status line: model, context use, and whether an answer is under way. */
 function describe(state: IPanelState | null, name: string | null): string {
+  if (state?.waiting) {
+    return `Conversation ${name ?? ''}: the notebook's history, read again at the next message.`;
+  }
   if (!state || state.model === null) {
     return `Conversation ${name ?? ''}: no messages yet. Write one below, or run a %%chat cell.`;
   }
