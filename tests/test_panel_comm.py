@@ -115,9 +115,9 @@ def test_a_chat_cell_shows_in_the_panel(shell: InteractiveShell, frontend: Front
 def test_stop_keeps_the_partial_answer_marked(frontend: Frontend) -> None:
     frontend.request("sync")
     seen = threading.Event()
-    frontend.request("send", text=LONG)
     conv = current()
     conv.subscribe(lambda e: seen.set() if isinstance(e, ConversationEvent) and e.kind == "token" else None)
+    frontend.request("send", text=LONG)
     assert seen.wait(120)
     frontend.request("stop")
     frontend.channel.wait(120)
