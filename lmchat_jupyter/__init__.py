@@ -28,6 +28,7 @@ from .errors import (
     SessionMismatchError,
     SessionNotFoundError,
     StorageError,
+    UnsafeFileError,
 )
 from .events import ConversationEvent
 from .history import ChatHistory, Message
@@ -61,6 +62,7 @@ __all__ = [
     "ConversationBusyError",
     "HistoryFormatError",
     "StorageError",
+    "UnsafeFileError",
     "load_ipython_extension",
     "unload_ipython_extension",
 ]

@@ -1,4 +1,8 @@
-"""Crash-safe file writes: temp file in the same folder, fsync, rename, fsync the folder."""
+"""Crash-safe file writes: temp file in the same folder, fsync, rename, fsync the folder.
+
+The temp file is created anew (``O_EXCL``, never through a link) and renamed over the target, so
+whatever stood at the target (a link included) is replaced, never written through.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import StorageError
+from .safe_files import create_new
 
 __all__ = ["atomic_write", "TEMP_SUFFIX"]
 
@@ -28,7 +33,7 @@ def atomic_write(path: Path, chunks: Iterable[bytes | bytearray | memoryview]) -
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{uuid.uuid4().hex[:8]}{TEMP_SUFFIX}")
     written = 0
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = create_new(tmp)
         try:
             for chunk in chunks:
                 view = memoryview(chunk).cast("B")
@@ -50,7 +55,7 @@ def atomic_write(path: Path, chunks: Iterable[bytes | bytearray | memoryview]) -
 
 def _fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.fsync(fd)
         finally:

@@ -14,6 +14,7 @@ __all__ = [
     "ConversationBusyError",
     "HistoryFormatError",
     "StorageError",
+    "UnsafeFileError",
 ]
 
 
@@ -76,3 +77,12 @@ class HistoryFormatError(LmchatError):
 
 class StorageError(LmchatError):
     """A session could not be written (disk full, read-only folder, locked by another kernel)."""
+
+
+class UnsafeFileError(StorageError):
+    """A file lmchat keeps (in a notebook's sidecar folder) is not a plain file it can use.
+
+    A symbolic link, FIFO, device, folder or file larger than lmchat reads stands where lmchat's own
+    file should be; it is neither read through nor written to. The message names the file. A
+    :class:`StorageError`: whatever cannot save where such a file stands handles it already.
+    """

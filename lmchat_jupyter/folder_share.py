@@ -81,8 +81,8 @@ def _remove(store: ChatStore, name: str) -> None:
 
 def save_beside(store: ChatStore, name: str, conv: Conversation, *, with_session: bool = False) -> None:
     """Another kernel holds the folder: save what only this kernel has under a name of its own, and say where."""
-    if not conv.history.user_message_count:
-        return
+    if not conv.history.user_message_count or not store.sidecar.folder_ok():
+        return  # not a real folder (a link, a file): nothing is written through it, as said when it was opened
     disk = store.disk_history(name)
     if disk is not None and relation(conv.history, disk) in (Relation.SAME, Relation.B_EXTENDS):
         return  # the folder holds all of it

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import HistoryFormatError
+from .safe_files import read_bounded
 
 __all__ = ["ChatHistory", "Message", "HISTORY_FORMAT", "LIMITS"]
 
@@ -213,11 +214,6 @@ class ChatHistory:
             return cls.from_bytes(source)
         path = Path(source)
         try:
-            size = path.stat().st_size
-            if size > LIMITS["max_bytes"]:
-                raise HistoryFormatError(f"{path} is {size:,} bytes, over the limit of {LIMITS['max_bytes']:,}")
-            return cls.from_bytes(path.read_bytes())
+            return cls.from_bytes(read_bounded(path, LIMITS["max_bytes"], error=HistoryFormatError))
         except FileNotFoundError:
             raise HistoryFormatError(f"no chat history at {path}") from None
-        except IsADirectoryError:
-            raise HistoryFormatError(f"{path} is a directory, not a chat history file") from None

@@ -84,6 +84,8 @@ def unsigned_history(store: ChatStore, name: str, saved: SavedChat) -> ChatHisto
     """The visible history of files that no kernel of this user signed; None for this user's files."""
     if saved.session_signed or saved.history_signed or saved.problems:
         return None
+    if saved.has_session and saved.header is None:
+        return None  # a session file that cannot be read (a link, a FIFO, damage): restored now, saying why
     if saved.history is None and saved.has_session:
         return session_history(store.sidecar.session_path(name))
     return saved.history

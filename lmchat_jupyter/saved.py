@@ -18,7 +18,8 @@ from typing import Any
 
 from . import session_format, signing
 from .errors import HistoryFormatError, LmchatError
-from .history import ChatHistory
+from .history import LIMITS, ChatHistory
+from .safe_files import open_regular, read_bounded
 from .sidecar import Sidecar
 
 __all__ = ["SavedChat", "read_saved", "session_history", "disk_history", "untrusted_model_note"]
@@ -74,12 +75,15 @@ class SavedChat:
 def read_saved(sidecar: Sidecar, name: str) -> SavedChat:
     """What ``sidecar`` holds for ``name``; unreadable files are noted in ``problems``, never raised."""
     saved = SavedChat()
+    if not sidecar.folder_ok():
+        return saved  # said when the folder was opened: nothing is read through a link
     problems = []
     history_path = sidecar.history_path(name)
     if os.path.lexists(history_path):
         try:
-            saved.history = ChatHistory.load(history_path)
-            raw = json.loads(history_path.read_bytes())
+            data = read_bounded(history_path, LIMITS["max_bytes"])  # read once: parsed twice below
+            saved.history = ChatHistory.from_bytes(data)
+            raw = json.loads(data)
         except (LmchatError, OSError, ValueError, RecursionError) as exc:
             problems.append(f"ignoring {history_path.name}: {exc}")
         else:
@@ -100,7 +104,7 @@ def read_saved(sidecar: Sidecar, name: str) -> SavedChat:
 def session_history(path: Path) -> ChatHistory | None:
     """The visible history inside a session file (header and history section checked); None if unusable."""
     try:
-        fd = session_format.open_regular(path)
+        fd = open_regular(path)
     except (LmchatError, OSError):
         return None
     try:

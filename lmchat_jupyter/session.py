@@ -17,6 +17,7 @@ import numpy as np
 from . import interrupts, kvstate, session_format, signing
 from .errors import HistoryFormatError, SessionCorruptError, SessionMismatchError, SessionNotFoundError
 from .history import ChatHistory
+from .safe_files import open_regular
 
 if TYPE_CHECKING:
     from .conversation import Conversation, Progress
@@ -107,10 +108,10 @@ def read_session(
             cls, model, memoryview(source), "session bytes", source, verify, use_kv, progress, kwargs
         )
     path = Path(source)
-    if path.is_dir():
-        raise SessionCorruptError(f"{path} is a directory, not a session file; remove it or name the file")
     try:
-        fd = session_format.open_regular(path)
+        # No size bound here: the file is mapped, not read, and only the bytes its checked header
+        # points at are touched (each once, for its checksum).
+        fd = open_regular(path, error=SessionCorruptError)
     except FileNotFoundError:
         raise SessionNotFoundError(
             f"no session file at {path}. Check the path, or start a new conversation (Conversation(model))"

@@ -9,6 +9,9 @@ Layout::
 A section of 8 MiB or more carries the xxh3_64 of each 4 MiB block (``"xxh3": [...]`` with
 ``"block": 4194304``) instead of one digest, so that its blocks are checked on several cores.
 
+The header also records the file's total length (``size``): a session is exactly what lmchat wrote,
+and bytes appended after its last section make it refused.
+
 Every length, offset and checksum is verified by :func:`parse` before any byte is trusted.
 xxh3 runs at memory speed, so checking a 180 MB KV state costs a few milliseconds.
 """
@@ -17,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 import struct
 import threading
 from collections.abc import Callable, Sequence
@@ -29,6 +31,7 @@ from typing import Any
 import xxhash
 
 from .errors import SessionCorruptError
+from .safe_files import open_regular
 
 __all__ = [
     "MAGIC",
@@ -37,7 +40,6 @@ __all__ = [
     "parse",
     "salvage",
     "read_header",
-    "open_regular",
     "ParsedSession",
     "SECTION_NAMES",
 ]
@@ -111,10 +113,19 @@ def build(
             entry["block"] = block
         table.append(entry)
         offset += len(data) + _pad(len(data))
-    header = dict(header, sections=table)
-    if seal is not None:
-        header = seal(header)
-    head = json.dumps(header, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    # The header records the file's total length, which depends on the header's own length (and
+    # signature): settle it by iterating (it changes at most when the number of digits does).
+    size = 0
+    while True:
+        sealed = dict(header, sections=table, size=size)
+        if seal is not None:
+            sealed = seal(sealed)
+        head = json.dumps(sealed, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        lead_length = PREFIX.size + len(head) + 8
+        total = lead_length + _pad(lead_length) + offset
+        if total == size:
+            break
+        size = total
     lead = PREFIX.pack(MAGIC, FORMAT_VERSION, len(head)) + head + bytes.fromhex(_digest(head))
     chunks = [memoryview(lead + bytes(_pad(len(lead))))]
     for _, data in sections:
@@ -152,7 +163,24 @@ def parse(buf: memoryview, source: str) -> ParsedSession:
     missing = [n for n in SECTION_NAMES if n not in sections]
     if missing:
         raise corrupt(f"it lacks the section(s) {', '.join(missing)}")
+    _check_length(header, data_start, len(buf), corrupt)
     return ParsedSession(header, sections, offsets)
+
+
+def _check_length(
+    header: dict[str, Any], data_start: int, size: int, corrupt: Callable[[str], SessionCorruptError]
+) -> None:
+    """A session is exactly what lmchat wrote: nothing after its last section, nothing missing.
+
+    ``size`` in the header is the file's total length; files written before it was recorded are
+    held to the end of their last section (sections follow one another, each padded to 64 bytes).
+    """
+    end = data_start + max((e["offset"] + e["length"] + _pad(e["length"]) for e in header["sections"]), default=0)
+    recorded = header.get("size", end)
+    if type(recorded) is not int or recorded != end:
+        raise corrupt(f"its header records a length of {recorded!r} bytes, but its sections end at byte {end:,}")
+    if size != end:
+        raise corrupt(f"it has {size - end:,} bytes after the end of its last section (appended to?)")
 
 
 def salvage(buf: memoryview, name: str) -> memoryview | None:
@@ -233,27 +261,10 @@ def _json(data: bytes) -> Any:
         return None
 
 
-def open_regular(path: Path) -> int:
-    """A read-only descriptor of ``path``, which must be a regular file (never blocks on a FIFO).
-
-    Raises :class:`FileNotFoundError` when nothing is there and :class:`SessionCorruptError` for
-    anything else that cannot be read as a file.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise SessionCorruptError(f"{path} cannot be read: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise SessionCorruptError(f"{path} is not a regular file; remove it or name the session file")
-    return fd
-
-
 def read_header(path: Path) -> dict[str, Any]:
     """A session file's header alone, checked, without reading its sections."""
-    with os.fdopen(open_regular(path), "rb") as fh:
+    with os.fdopen(open_regular(path, error=SessionCorruptError), "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
         lead = fh.read(PREFIX.size)
         if len(lead) < PREFIX.size:
             raise SessionCorruptError(f"{path} is too short to be an lmchat session")
@@ -269,4 +280,6 @@ def read_header(path: Path) -> dict[str, Any]:
         raise SessionCorruptError(f"{path} has a header that is not JSON")
     if not isinstance(header, dict):
         raise SessionCorruptError(f"{path} has a malformed header")
+    if "size" in header and header["size"] != size:
+        raise SessionCorruptError(f"{path} is {size:,} bytes long, but its header records {header['size']!r}")
     return header

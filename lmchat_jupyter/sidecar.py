@@ -14,22 +14,41 @@ import re
 import unicodedata
 from pathlib import Path
 
-from .errors import LmchatError, StorageError
+from .errors import LmchatError, StorageError, UnsafeFileError
+from .safe_files import check_folder, open_lock_file
 
-__all__ = ["Sidecar", "sidecar_for", "check_name", "NAME_RULE"]
+__all__ = ["Sidecar", "sidecar_for", "check_name", "NAME_RULE", "MAX_NAME_BYTES"]
 
-NAME_RULE = "1-64 letters, digits, spaces, '_', '-' or '.', not starting with '.' or ' '"
-_NAME = re.compile(r"^[^\W_][\w .-]{0,63}$", re.UNICODE)
+NAME_RULE = (
+    "1-64 letters, digits, spaces, '_', '-' or '.', starting with a letter or digit, not ending with "
+    "'.' or ' ', no '..', not a device name such as CON or NUL"
+)
+_NAME = re.compile(r"[^\W_][\w .-]{0,63}")
+# Names Windows keeps for devices, with any extension: "con.lmsession" cannot be created there, and
+# notebooks travel to Windows machines with their sidecar folders.
+_RESERVED = re.compile(r"(con|prn|aux|nul|com[0-9\u00b9\u00b2\u00b3]|lpt[0-9\u00b9\u00b2\u00b3]) *(\..*)?", re.I)
+# File names are limited to 255 bytes; the longest lmchat makes from a name is its temp file.
+MAX_NAME_BYTES = 192
 SESSION_SUFFIX = ".lmsession"
 HISTORY_SUFFIX = ".history.json"
 
 
 def check_name(name: object) -> str:
-    """``name`` if it is a safe conversation name; :class:`LmchatError` saying the rule otherwise."""
+    """``name`` (in Unicode's NFC form) if it is a safe conversation name; :class:`LmchatError` otherwise.
+
+    One rule for every name, wherever it comes from (a magic's argument, notebook metadata, a file
+    in the sidecar): the whole name must match (``fullmatch``: no newline slips past ``$``).
+    """
     if not isinstance(name, str):
         raise LmchatError(f"a conversation name must be text, not {type(name).__name__}")
     clean = unicodedata.normalize("NFC", name)
-    if not _NAME.match(clean) or ".." in clean or clean.endswith((".", " ")):
+    if (
+        not _NAME.fullmatch(clean)
+        or ".." in clean
+        or clean.endswith((".", " "))
+        or _RESERVED.fullmatch(clean)
+        or len(clean.encode("utf-8")) > MAX_NAME_BYTES
+    ):
         shown = clean if len(clean) <= 40 else clean[:40] + "…"
         raise LmchatError(f"{shown!r} is not a valid conversation name: use {NAME_RULE}")
     return clean
@@ -61,26 +80,69 @@ class Sidecar:
         return self.folder / f"{check_name(name)}{HISTORY_SUFFIX}"
 
     def names(self) -> list[str]:
-        """Conversation names with files in the folder (invalid names are ignored)."""
-        if not self.folder.is_dir():
-            return []
-        found = set()
-        for entry in self.folder.iterdir():
-            for suffix in (SESSION_SUFFIX, HISTORY_SUFFIX):
-                if entry.name.endswith(suffix) and not entry.name.startswith("."):
-                    with contextlib.suppress(LmchatError):
-                        found.add(check_name(entry.name[: -len(suffix)]))
-        return sorted(found)
+        """Conversation names with files in the folder; :meth:`ignored` says which files are left out."""
+        return sorted(self._scan()[0])
+
+    def ignored(self) -> dict[str, str]:
+        """File name → why it is left out, for files that look like conversations but break the name rule."""
+        return self._scan()[1]
+
+    def _scan(self) -> tuple[set[str], dict[str, str]]:
+        """The conversation names of the session and history files in the folder, and the files left out.
+
+        A file counts only under the exact name lmchat would write for it: ``café`` spelled in NFD
+        on disk is not the NFC ``café`` that every lookup opens, so it is left out, not merged.
+        """
+        names: set[str] = set()
+        ignored: dict[str, str] = {}
+        if not self.folder_ok():
+            return names, ignored
+        try:
+            entries = sorted(entry.name for entry in os.scandir(self.folder))
+        except OSError:
+            return names, ignored
+        for entry in entries:
+            suffix = next((x for x in (SESSION_SUFFIX, HISTORY_SUFFIX) if entry.endswith(x)), None)
+            if suffix is None or entry.startswith("."):
+                continue
+            raw = entry[: -len(suffix)]
+            try:
+                name = check_name(raw)
+            except LmchatError as exc:
+                ignored[entry] = str(exc)
+                continue
+            if name != raw:
+                ignored[entry] = "its name is not in the Unicode form (NFC) lmchat writes; rename it"
+            else:
+                names.add(name)
+        return names, ignored
+
+    def check_folder(self) -> bool:
+        """Whether the folder exists; :class:`UnsafeFileError` when something else (a link, a file) is there."""
+        return check_folder(self.folder)
+
+    def folder_ok(self) -> bool:
+        """Whether the folder exists and is a real folder (not a link, not a file)."""
+        try:
+            return self.check_folder()
+        except UnsafeFileError:
+            return False
 
     def acquire(self) -> bool:
-        """Take the folder's lock; False (with ``locked_by_other`` set) when another process holds it."""
+        """Take the folder's lock; False (with ``locked_by_other`` set) when another process holds it.
+
+        :class:`UnsafeFileError` when the folder or its lock file is not what lmchat made (a link,
+        a file, a FIFO): nothing is written through them.
+        """
         if self._lock_fd is not None:
             return True
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            if not self.check_folder():
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self.check_folder()  # another process may have put something else there meanwhile
         except OSError as exc:
             raise StorageError(f"cannot use the sidecar folder {self.folder}: {exc.strerror or exc}") from exc
+        fd = open_lock_file(self.folder / ".lock")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -109,7 +171,7 @@ class Sidecar:
         """Temp files left by a process that died mid-save (only ever ours: we hold the lock)."""
         from .atomic import TEMP_SUFFIX
 
-        if self.folder.is_dir():
+        if self.folder_ok():
             for entry in self.folder.glob(f".*{TEMP_SUFFIX}"):
                 with contextlib.suppress(OSError):
                     entry.unlink()

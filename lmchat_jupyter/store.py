@@ -83,7 +83,7 @@ class ChatStore:
                     f"lmchat: {self.sidecar.folder} is in use by another kernel ({self.sidecar.locked_by_other}). "
                     "This kernel reads its chats but will not save them; shut the other kernel down to save here."
                 )
-        except StorageError as exc:
+        except StorageError as exc:  # UnsafeFileError too: a link or FIFO where the folder or lock should be
             self.notify(f"lmchat: {exc}. Chats stay in memory only.")
         if self.sidecar.writable:
             self.sidecar.remove_stale_temp_files()
@@ -96,7 +96,7 @@ class ChatStore:
         self.flush()
         old = self.sidecar
         moved = False
-        if old.writable and old.folder.is_dir() and not sidecar.folder.exists():
+        if old.writable and old.folder.is_dir() and not os.path.lexists(sidecar.folder):  # a link too
             try:
                 old.folder.rename(sidecar.folder)
                 moved = True
@@ -219,6 +219,8 @@ class ChatStore:
     def restore_all(self) -> list[str]:
         """Restore every conversation in the sidecar; returns one status line each."""
         lines = []
+        for entry, why in self.sidecar.ignored().items():
+            self.notify(f"lmchat: ignoring {entry}: {why}")
         for name in self.sidecar.names():
             if is_backup_name(name):
                 continue  # kept aside: listed, restored when used
