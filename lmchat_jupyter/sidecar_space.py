@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import LmchatError, StorageError
+from .safe_files import create_new
 from .sidecar import Sidecar, check_name
 
 if TYPE_CHECKING:
@@ -136,7 +137,7 @@ def plan_eviction(sidecar: Sidecar, cap_bytes: int, keep: set[str]) -> list[Conv
 def keep_out_of_git(folder: Path) -> None:
     """Write ``folder/.gitignore`` unless something is there already (a file the user changed, a link)."""
     try:
-        fd = os.open(folder / ".gitignore", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        fd = create_new(folder / ".gitignore")
     except OSError:
         return  # there already, or a folder we cannot write: saving says so where it matters
     try:
