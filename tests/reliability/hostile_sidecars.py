@@ -22,7 +22,7 @@ from pathlib import Path
 
 from lmchat_jupyter import ChatHistory, Message
 
-__all__ = ["HostileCase", "all_cases", "make_victim", "snapshot", "QUICK", "GIB"]
+__all__ = ["HostileCase", "all_cases", "make_victim", "put_hostile", "snapshot", "QUICK", "GIB"]
 
 GIB = 1024**3
 SIDECAR = "{sidecar}"  # in ``file``: the name of the sidecar folder itself
@@ -72,8 +72,8 @@ def snapshot(root: Path, skip: Callable[[Path], bool]) -> dict[str, tuple[object
 # --- what can stand in a file's place -------------------------------------------------------------
 
 
-def _put(path: Path, kind: str, victim: Path, valid: bytes = b"") -> None:
-    """Put ``kind`` at ``path`` (the parent exists)."""
+def put_hostile(path: Path, kind: str, victim: Path, valid: bytes = b"") -> None:
+    """Put ``kind`` at ``path`` (the parent exists); links outside point into ``victim``."""
     links = {
         "link to a victim file": victim / "notes.txt",
         "link to a victim folder": victim / "dir",
@@ -144,7 +144,7 @@ def _file_case(
         sidecar.mkdir()
         if extra is not None:
             extra(sidecar, victim)
-        _put(sidecar / file, kind, victim, valid)
+        put_hostile(sidecar / file, kind, victim, valid)
 
     return HostileCase(f"{target}: {kind}", build, expect, file if expect else None)
 
@@ -159,7 +159,7 @@ def all_cases(session: bytes, *, devices: bool) -> list[HostileCase]:
     for kind, expect in FOLDER_KINDS.items():
 
         def build(sidecar: Path, victim: Path, kind: str = kind) -> None:
-            _put(sidecar, kind, victim)
+            put_hostile(sidecar, kind, victim)
 
         cases.append(HostileCase(f"folder: {kind}", build, expect, SIDECAR))
     file_kinds = [k for k in FILE_KINDS if devices or k != "character device"]
@@ -214,12 +214,12 @@ def _unicode_cases() -> list[HostileCase]:
 
 def _everything(sidecar: Path, victim: Path) -> None:
     sidecar.mkdir()
-    _put(sidecar / ".lock", "link to a victim file", victim)
-    _put(sidecar / "default.history.json", "link to /dev/zero", victim)
-    _put(sidecar / "default.lmsession", "FIFO", victim)
-    _put(sidecar / "notes.history.json", "link to a victim folder", victim)
-    _put(sidecar / "other.lmsession", "dangling link", victim)
-    _put(sidecar / TEMP_NAME, "link to a victim file", victim)
+    put_hostile(sidecar / ".lock", "link to a victim file", victim)
+    put_hostile(sidecar / "default.history.json", "link to /dev/zero", victim)
+    put_hostile(sidecar / "default.lmsession", "FIFO", victim)
+    put_hostile(sidecar / "notes.history.json", "link to a victim folder", victim)
+    put_hostile(sidecar / "other.lmsession", "dangling link", victim)
+    put_hostile(sidecar / TEMP_NAME, "link to a victim file", victim)
 
 
 #: The quick variant's cases: every place at least once, every kind at least once.

@@ -31,6 +31,7 @@ from lmchat_jupyter.sidecar import Sidecar, check_name
 from lmchat_jupyter.store import ChatStore
 
 from .forge import forge, split
+from .hostile_sidecars import put_hostile
 
 GREEDY = {"temperature": 0.0, "max_tokens": 6}
 
@@ -137,27 +138,10 @@ def test_a_sidecar_folder_that_is_a_link_is_neither_read_nor_written(tmp_path: P
 # --- reading history files ------------------------------------------------------------------------
 
 
-def hostile_history(folder: Path, kind: str) -> None:
-    path = folder / "default.history.json"
-    if kind == "FIFO":
-        os.mkfifo(path)
-    elif kind == "link to /dev/zero":
-        path.symlink_to("/dev/zero")
-    elif kind == "link to a history outside":
-        outside = folder.parent / "outside.history.json"
-        ChatHistory().save(outside)
-        path.symlink_to(outside)
-    elif kind == "sparse 10 GB file":
-        with path.open("wb") as fh:
-            fh.truncate(10 * 1024**3)
-    elif kind == "folder":
-        path.mkdir()
-
-
 HOSTILE_HISTORIES = {
     "FIFO": "it is a FIFO",
     "link to /dev/zero": "it is a symbolic link",
-    "link to a history outside": "it is a symbolic link",
+    "link to a valid file outside": "it is a symbolic link",
     "sparse 10 GB file": "10,737,418,240 bytes, more than the 33,554,432",
     "folder": "it is a folder",
 }
@@ -167,7 +151,8 @@ HOSTILE_HISTORIES = {
 def test_a_history_file_that_is_not_a_plain_file_is_refused_at_once(tmp_path: Path, kind: str) -> None:
     folder = tmp_path / "nb.lmchat"
     folder.mkdir()
-    hostile_history(folder, kind)
+    ChatHistory().save(tmp_path / "outside.history.json")
+    put_hostile(folder / "default.history.json", kind, tmp_path)
     told = Told()
     store = ChatStore(Sidecar(folder), notify=told)
     try:
@@ -311,20 +296,13 @@ def test_a_header_that_lies_about_the_length_is_refused(model: Model, session_bl
             Conversation.restore(model, forged)
 
 
-@pytest.mark.parametrize("kind", ["link to a session outside", "link to /dev/zero", "FIFO", "folder"])
+@pytest.mark.parametrize("kind", ["link to a valid file outside", "link to /dev/zero", "FIFO", "folder"])
 def test_a_session_file_that_is_not_a_plain_file_is_refused(
     model: Model, session_blob: bytes, tmp_path: Path, kind: str
 ) -> None:
-    outside = tmp_path / "outside.lmsession"
-    outside.write_bytes(session_blob)
-    path = tmp_path / "default.lmsession"
-    if kind == "link to a session outside":
-        path.symlink_to(outside)
-    elif kind == "link to /dev/zero":
-        path.symlink_to("/dev/zero")
-    elif kind == "FIFO":
-        os.mkfifo(path)
-    else:
-        path.mkdir()
+    (tmp_path / "outside.lmsession").write_bytes(session_blob)
+    path = tmp_path / "nb.lmchat" / "default.lmsession"
+    path.parent.mkdir()
+    put_hostile(path, kind, tmp_path)
     with pytest.raises(SessionCorruptError, match="default.lmsession"):
         within(20, lambda: Conversation.restore(model, path))
