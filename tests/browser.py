@@ -100,15 +100,26 @@ def _descendants(pid: int) -> list[int]:
 
 
 class LabServer:
-    """``jupyter-lab`` from ``venv`` (default: this interpreter's) serving ``root`` on 127.0.0.1."""
+    """``jupyter-lab`` from ``venv`` (default: this interpreter's) serving ``root`` on 127.0.0.1.
+
+    ``notebook=True`` runs Notebook 7 (``jupyter-notebook``) instead, which opens notebooks at
+    ``/notebooks/PATH``.
+    """
 
     def __init__(
-        self, root: Path, *, home: Path | None = None, venv: Path | None = None, args: Sequence[str] = ()
+        self,
+        root: Path,
+        *,
+        home: Path | None = None,
+        venv: Path | None = None,
+        args: Sequence[str] = (),
+        notebook: bool = False,
     ) -> None:
         self.root = root
         self.token = secrets.token_hex(16)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.tree = "notebooks" if notebook else "lab/tree"
         self._own_home = home is None
         self.home = Path(tempfile.mkdtemp(prefix="lab-home-")) if home is None else home
         self.home.mkdir(parents=True, exist_ok=True)
@@ -123,14 +134,14 @@ class LabServer:
             PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
         )
         command = [
-            str(bin_dir / "jupyter-lab"),
+            str(bin_dir / ("jupyter-notebook" if notebook else "jupyter-lab")),
             "--no-browser",
             "--ip=127.0.0.1",
             f"--port={self.port}",
             f"--ServerApp.token={self.token}",
             f"--ServerApp.root_dir={root}",
             f"--LabServerApp.workspaces_dir={self.home / 'workspaces'}",
-            "--LabApp.expose_app_in_browser=True",
+            f"--{'JupyterNotebookApp' if notebook else 'LabApp'}.expose_app_in_browser=True",
             "--LabApp.news_url=None",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
             *args,
@@ -173,7 +184,7 @@ class LabServer:
             return None
 
     def lab_url(self, path: str = "") -> str:
-        return f"{self.url}/lab/tree/{path}?token={self.token}"
+        return f"{self.url}/{self.tree}/{path}?token={self.token}"
 
     def log(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]

@@ -32,8 +32,9 @@ CELLS = [
     "%%chat --temperature 0 --max-tokens 8\nMy name is Ada. Say hello to me.",
     "%%chat --name other --temperature 0 --max-tokens 8\nHello from the other chat.",
     SHORT.format(400),
+    "%%chat\nList the numbers from 1 to 100, separated by commas.",
 ]
-LOAD, OPTIONS, CHAT, OTHER, LONG_ANSWERS = range(5)
+LOAD, OPTIONS, CHAT, OTHER, LONG_ANSWERS, LONG_CHAT = range(6)
 CODE_PROMPT = "Write a Python function that adds two numbers. Reply with one Python code block."
 
 
@@ -225,8 +226,46 @@ def test_panel_in_jupyterlab(tmp_path: Path) -> None:
             page.evaluate("() => { window.jupyterapp.commands.execute('docmanager:open', {path: 'first.ipynb'}); }")
             lab.wait_messages(4, "the first notebook's conversation again", timeout=60)
             assert not unloaded.is_visible()
-            assert page.evaluate("() => window.lmchatPwned") is None
+
+            # Stop while a %%chat cell generates: the panel interrupts the kernel; the partial answer stays.
+            lab.run_cell(LONG_CHAT, wait=False)
+            wait_for(
+                "the cell's answer to stream",
+                lambda: len(lab.messages()) == 6 and lab.messages()[5]["text"] not in ("", "…"),
+            )
+            lab.panel.locator(".lmchat-panel-stop").click()
+            lab.wait_cell(LONG_CHAT)
+            shown = lab.wait_messages(6, "the interrupted answer")
+            assert shown[5]["ending"] == "interrupted" and shown[5]["text"]
         except BaseException:
             lab.screenshot(page, "panel-failure.png")
+            print("\n".join(lab.console[-40:]), "\n", server.log())
+            raise
+
+
+def test_panel_in_notebook_7(tmp_path: Path) -> None:
+    """Notebook 7 has the same notebook tracker and a right sidebar: the panel loads lmchat and chats there."""
+    pytest.importorskip("notebook", minversion="7")
+    executable = chromium_path()
+    root = tmp_path / "nb"
+    root.mkdir()
+    (root / "first.ipynb").write_text(notebook(CELLS))
+    with LabServer(root, home=tmp_path / "home", notebook=True) as server, chromium_page(executable) as page:
+        lab = PanelPage(page, server)
+        try:
+            lab.open_notebook("first.ipynb")
+            lab.open_panel()
+            lab.panel.locator(".lmchat-panel-unloaded").wait_for(state="visible")
+            lab.panel.locator(".lmchat-panel-load").click()
+            wait_for("lmchat to answer", lambda: "no messages yet" in lab.status(), timeout=180)
+            lab.run_cell(OPTIONS)
+            lab.type_and_send("My name is Ada. Say hello to me.")
+            user, answer = lab.wait_messages(2, "the answer in Notebook 7")
+            assert user["text"] == "My name is Ada. Say hello to me." and answer["stats"]
+            lab.run_cell(CHAT)
+            lab.wait_messages(4, "the cell's turn in Notebook 7")
+            lab.screenshot(page, "panel-notebook7.png")
+        except BaseException:
+            lab.screenshot(page, "panel-notebook7-failure.png")
             print("\n".join(lab.console[-40:]), "\n", server.log())
             raise
