@@ -20,6 +20,8 @@ from .browser import ROOT, LabPage, LabServer, chromium_page, chromium_path, wai
 pytestmark = pytest.mark.browser
 
 SCREENSHOT = ROOT / "docs" / "panel.png"
+#: Markup a message may carry: JupyterLab's sanitizer must keep it from running.
+INJECTION = '<img src=x onerror="window.lmchatPwned=1"> [link](javascript:window.lmchatPwned=2)'
 #: Short, repeatable answers for the panel's turns (the panel sends no options of its own).
 SHORT = (
     "import dataclasses, lmchat_jupyter\n"
@@ -30,7 +32,7 @@ CELLS = [
     "%load_ext lmchat",
     SHORT.format(48),
     "%%chat --temperature 0 --max-tokens 8\nMy name is Ada. Say hello to me.",
-    "%%chat --name other --temperature 0 --max-tokens 8\nHello from the other chat.",
+    "%%chat --name other --temperature 0 --max-tokens 8\nHello from the other chat. " + INJECTION,
     SHORT.format(400),
     "%%chat\nList the numbers from 1 to 100, separated by commas.",
 ]
@@ -216,6 +218,9 @@ def test_panel_in_jupyterlab(tmp_path: Path) -> None:
             picker.select_option("other")
             shown = lab.wait_messages(2, "the other conversation")
             assert "Hello from the other chat." in shown[0]["text"]
+            # The sanitizer drops the handler and the script link (an image without a handler may stay).
+            assert lab.panel.locator("[onerror], a[href^='javascript']").count() == 0
+            assert page.evaluate("() => window.lmchatPwned") is None
             picker.select_option("default")
             lab.wait_messages(4, "the default conversation again")
 

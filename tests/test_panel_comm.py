@@ -168,3 +168,27 @@ def test_a_second_conversation_is_listed_and_can_be_picked(shell: InteractiveShe
     assert frontend.last_state("other")["names"] == ["default", "other"]
     frontend.request("sync", name="other")
     assert frontend.last_state("other")["messages"][0]["content"] == "Hi from the other chat."
+
+
+def test_the_notebooks_history_shows_before_it_is_evaluated(shell: InteractiveShell, frontend: Frontend) -> None:
+    from lmchat_jupyter.frontend import bridge
+
+    messages = [
+        {"id": "m1", "role": "user", "content": "My name is Ada."},
+        {"id": "m2", "role": "assistant", "content": "Nice to meet you, Ada!"},
+    ]
+    conversations = {"default": {"id": "conv1", "model": {"spec": None}, "messages": messages}}
+    bridge()._take_metadata({"format": 1, "conversations": conversations})
+    frontend.request("sync")
+    state = frontend.last_state()
+    assert state["waiting"] is True and state["model"] is None
+    assert [m["content"] for m in state["messages"]] == ["My name is Ada.", "Nice to meet you, Ada!"]
+    from lmchat_jupyter.kernel import chats
+
+    assert "default" not in chats().store.conversations  # looking did not evaluate it
+
+    frontend.request("edit", id="m1", text="My name is Grace.")  # the first message evaluates it, then edits
+    frontend.channel.wait(120)
+    state = frontend.last_state()
+    assert state["waiting"] is False and state["model"]
+    assert [m["content"] for m in state["messages"]][0] == "My name is Grace." and len(state["messages"]) == 2
