@@ -340,6 +340,11 @@ def write_markdown(
         *[f"- {n}" for n in notes],
         "",
     ]
+    # The shared-server sections come from their own commands (benchmarks.server_bench, server_load).
+    previous = path.read_text() if path.exists() else ""
+    begin, end = previous.find("<!-- begin server-"), previous.rfind("<!-- end server-")
+    if 0 <= begin < end:
+        lines += [previous[begin : previous.index("-->", end) + 3], ""]
     path.write_text("\n".join(lines))
 
 

@@ -15,6 +15,11 @@ __all__ = [
     "HistoryFormatError",
     "StorageError",
     "UnsafeFileError",
+    "ServerError",
+    "ServerUnreachableError",
+    "ServerAuthError",
+    "ServerContextTooSmallError",
+    "SlotStorageError",
 ]
 
 
@@ -86,3 +91,27 @@ class UnsafeFileError(StorageError):
     file should be; it is neither read through nor written to. The message names the file. A
     :class:`StorageError`: whatever cannot save where such a file stands handles it already.
     """
+
+
+class ServerError(LmchatError):
+    """An inference server answered a request with an error. ``status`` is the HTTP status (None: no answer)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ServerUnreachableError(ServerError):
+    """The inference server cannot be reached, or stopped answering in the middle of a reply."""
+
+
+class ServerAuthError(ServerError):
+    """The inference server refused the API key (HTTP 401 or 403)."""
+
+
+class ServerContextTooSmallError(ServerError, ContextOverflowError):
+    """The conversation does not fit in the context the server gives one request (its slot size)."""
+
+
+class SlotStorageError(ServerError):
+    """llama-server refused to save or restore a slot file (no --slot-save-path, file missing or unusable)."""

@@ -16,5 +16,8 @@ echo "[test] lint (ruff) and types (mypy)"
 .venv/bin/ruff check lmchat_jupyter lmchat tests benchmarks
 .venv/bin/ruff format --check lmchat_jupyter lmchat tests benchmarks
 .venv/bin/mypy
+# Cached outside the tree (~/.cache/lmchat/llama-server-VERSION): later runs find it at once.
+echo "[test] llama-server for the shared-server tests (built once per machine, about 7 minutes)"
+bash scripts/llama-server.sh --build-only >/dev/null
 echo "[test] pytest: engine, kernels, notebooks and browser"
 .venv/bin/python -m pytest "$@"
