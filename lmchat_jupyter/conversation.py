@@ -477,6 +477,8 @@ class Conversation:
         llm = self.model.llm
         step = max(1, llm.n_batch)
         before = len(self._state.tokens)
+        if progress is not None and tokens:
+            progress(0, len(tokens))  # a bar shows from the first token, not after the first batch
         try:
             for i in range(0, len(tokens), step):
                 interrupts.checkpoint()
@@ -528,16 +530,25 @@ class Conversation:
         with self._turn_lock, self.model.lock, interrupts.held():
             self._activate()
             evaluated = 0
+            whole = _WholeProgress(progress, self._tokens_to_prefill()) if progress is not None else None
             for end in range(1, len(self.history) + 1):
                 target = self._renderer.render(self.history.as_chat_messages()[:end], False)
                 if self._state.text.startswith(target):
                     continue  # already in the cache: cutting back to it would only evaluate it again
-                evaluated += self._sync(target, progress=progress)
+                evaluated += self._sync(target, progress=whole)
+            if whole is not None:
+                whole.finish()
             if self.history.messages and self.history.messages[-1].role == "assistant":
                 before = len(self._state.tokens)
                 self._evaluate_next_opening()  # as after a live answer
                 evaluated += len(self._state.tokens) - before
             return evaluated
+
+    def _tokens_to_prefill(self) -> int:
+        """About how many tokens prefill evaluates: the history's, less what the cache holds of it."""
+        whole = self._renderer.render(self.history.as_chat_messages(), False)
+        cached = self._state.text if whole.startswith(self._state.text) else ""
+        return len(self._renderer.tokenize(whole[len(cached) :]))
 
     # --- persistence ----------------------------------------------------------------------------
 
@@ -729,3 +740,26 @@ def _address_of(blob: bytes) -> int:
     import ctypes
 
     return ctypes.cast(ctypes.c_char_p(blob), ctypes.c_void_p).value or 0
+
+
+class _WholeProgress:
+    """One bar for a whole prefill: each message's evaluation reports its own ``(done, total)``.
+
+    Reported from the first token on, against an estimate of the whole; the estimate (tokenized in
+    one piece) may differ from the sum by a few tokens, so the bar is completed by ``finish``.
+    """
+
+    def __init__(self, progress: Progress, estimate: int) -> None:
+        self.progress = progress
+        self.estimate = max(estimate, 1)
+        self.before = 0  # tokens of the evaluations already finished
+        progress(0, self.estimate)
+
+    def __call__(self, done: int, total: int) -> None:
+        so_far = self.before + done
+        if done >= total:
+            self.before += total
+        self.progress(min(so_far, self.estimate - 1), self.estimate)
+
+    def finish(self) -> None:
+        self.progress(self.before, self.before)

@@ -119,6 +119,15 @@ class Model:
         return f"Model({self.name!r}, n_ctx={self.n_ctx}, path={str(self.path)!r})"
 
     @property
+    def display_name(self) -> str:
+        """The model as people call it: its file's name (``SmolLM2-135M-Instruct.Q4_1``).
+
+        GGUF's ``general.name`` is often a converter's guess ("Smollm2 135M 8k Lc100K Mix1 Ep2"); the
+        file name, which the Hub repository's files share, is the one users chose and recognise.
+        """
+        return self.path.name.removesuffix(".gguf")
+
+    @property
     def n_ctx(self) -> int:
         return int(self.llm.n_ctx())
 

@@ -1,30 +1,86 @@
-"""Progress bars for long evaluations (re-reading a history, restoring), shown in the notebook."""
+"""Progress bars for long evaluations (re-reading a history, restoring), shown in the notebook.
+
+A bar is a widget while it runs; once done it is replaced by one line of text (what was evaluated,
+in how long, how fast). A widget left in an output would be saved in the .ipynb and show
+"Error displaying widget: model not found" after a restart, since its model dies with the kernel.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["token_progress"]
+__all__ = ["token_progress", "MIN_TOKENS_FOR_BAR"]
 
 #: Below this many tokens an evaluation is quick enough to need no bar.
 MIN_TOKENS_FOR_BAR = 512
 
 
+def _in_notebook() -> bool:
+    """Whether a widget can show: an IPython kernel (not a terminal) with ipywidgets."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    return getattr(get_ipython(), "kernel", None) is not None
+
+
+class _Bar:
+    """One tqdm bar (a widget in a kernel, text elsewhere) that ends as a line of text."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label = label
+        self.started = time.monotonic()
+        # smoothing=0: the rate is tokens so far over time so far, and so is the time left.
+        options: dict[str, Any] = {"total": total, "desc": label, "unit": "tok", "smoothing": 0}
+        self._handle: Any = None
+        if _in_notebook():
+            from IPython.display import display
+            from tqdm.notebook import tqdm as notebook_tqdm
+
+            self.bar: Any = notebook_tqdm(display=False, **options)
+            self._handle = display(self.bar.container, display_id=True)
+        else:
+            from tqdm import tqdm
+
+            self.bar = tqdm(leave=False, **options)
+
+    def update(self, done: int, total: int) -> None:
+        if total != self.bar.total:
+            self.bar.total = total
+        if done > self.bar.n:
+            self.bar.update(done - self.bar.n)
+        if done >= total:
+            self.finish(done)
+
+    def finish(self, done: int) -> None:
+        seconds = time.monotonic() - self.started
+        line = f"{self.label}: {done:,} tokens in {seconds:.1f} s ({done / max(seconds, 1e-9):,.0f} tok/s)"
+        self.bar.close()
+        if self._handle is not None:
+            # The widget's place in the output becomes the line; its models are closed with it.
+            self._handle.update({"text/plain": line}, raw=True)
+            for widget in (*self.bar.container.children, self.bar.container):
+                widget.close()
+        else:
+            print(line)
+
+
 def token_progress(label: str) -> Callable[[int, int], None]:
-    """A ``(done, total)`` callback that draws a tqdm bar (notebook widget or text) for long evaluations."""
-    bar: list[Any] = []
+    """A ``(done, total)`` callback that shows a bar for evaluations of ``MIN_TOKENS_FOR_BAR`` tokens or more."""
+    bar: list[_Bar] = []
+    finished = False
 
     def update(done: int, total: int) -> None:
-        if total < MIN_TOKENS_FOR_BAR:
+        nonlocal finished
+        if finished:
             return
         if not bar:
-            from tqdm.auto import tqdm
-
-            bar.append(tqdm(total=total, desc=label, unit="tok", leave=False))
-        bar[0].n = done
-        bar[0].refresh()
-        if done >= total:
-            bar[0].close()
+            if total < MIN_TOKENS_FOR_BAR:
+                return
+            bar.append(_Bar(label, total))
+        bar[0].update(done, total)
+        finished = done >= total
 
     return update

@@ -26,10 +26,12 @@ __all__ = ["ChatWidget"]
 
 #: Redraw a streaming answer at most this often (each redraw sends the whole answer so far).
 REFRESH_SECONDS = 0.05
+#: What shows where the widget cannot: in an output saved from a previous kernel (its widget died with
+#: that kernel) or in a frontend without ipywidgets.
 PLAIN = (
-    "Chat widget for conversation {name!r} ({count} messages). It shows here with ipywidgets>=8 in "
-    "JupyterLab 4 or Notebook 7: pip install 'ipywidgets>=8' and reload the page. Meanwhile %%chat cells "
-    "and `%chat history` use the same conversation."
+    "Chat widget on conversation {name!r} ({count} messages). If you read this instead of the chat, the "
+    "widget belongs to a previous kernel: run this cell again. (Widgets need JupyterLab 4 or Notebook 7 with "
+    "ipywidgets>=8.) %%chat cells and `%chat history` use the same conversation."
 )
 FINISH_NOTES = {"stopped": "stopped", "length": "cut at max tokens"}
 #: The cell id of the widget's turns. Where cells have ids, ``%%chat`` finds its turns by them
@@ -325,7 +327,7 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
                 return
             conv, store = self._conv, self._store
             info, generating = conv.info, self._stream is not None
-            parts = [conv.model.name, f"{info.token_count:,} / {info.n_ctx:,} tokens"]
+            parts = [conv.model.display_name, f"{info.token_count:,} / {info.n_ctx:,} tokens"]
             if generating:
                 parts.append("generating…")
             elif conv.last_result is not None:
@@ -338,7 +340,7 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
                 parts.append("not saved (autosave off)")
             elif not store.sidecar.writable:
                 parts.append(store.where_saved(self.name))
-            else:
+            elif not generating:  # the answer under way is not saved yet: "saved" would say it is
                 parts.append("saved" if info.user_message_count else "nothing to save yet")
             self.status.value = " · ".join(parts + ([self._note] if self._note else []))
             self.send_button.disabled = generating

@@ -224,6 +224,8 @@ def test_plain_text_and_a_cell_run_again(shell: InteractiveShell) -> None:
     w = ChatWidget()
     text = w._repr_mimebundle_()["text/plain"]
     assert "ipywidgets>=8" in text and "JupyterLab 4" in text and "Notebook 7" in text
+    # Where this text shows in JupyterLab, ipywidgets is there: the widget came from a previous kernel.
+    assert "belongs to a previous kernel: run this cell again" in text and "pip install" not in text
     assert "application/vnd.jupyter.widget-view+json" in w._repr_mimebundle_()
     # Running the same cell again retires the widget it showed before; other cells' widgets stay.
     chats().cell_id = "cell-1"
