@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -15,7 +19,7 @@ from lmchat_jupyter import ChatHistory, Conversation, ConversationEvent, Model, 
 
 from .bare import bare_chat_completion
 from .floors import floor_restore, floor_write, write_raw_state
-from .workload import SYSTEM, evict, first_token, make_history, median_time, release
+from .workload import NEXT_PROMPT, SYSTEM, evict, first_token, make_history, median_time, release
 
 __all__ = ["Config", "LengthResult", "ModelResult", "bench_model", "GEN_PROMPT"]
 
@@ -65,6 +69,10 @@ class LengthResult:
     checksum: float  # session_format.parse of the file in memory: every xxh3 check (part of save and restore)
     session: Path
     history: ChatHistory = field(repr=False)
+    # The same history and next message sent by a separate process that never imports lmchat
+    # (benchmarks/bare_process.py): its time to the first token, and the prompt tokens it evaluated.
+    reprefill_process: float = 0.0
+    reprefill_process_tokens: int = 0
 
 
 @dataclass
@@ -216,6 +224,8 @@ def _at_length(model: Model, n_tokens: int, cfg: Config, log: Any) -> LengthResu
     resume_cold = resume_once(cold=True)
 
     release(model)
+    bare = bare_process_reprefill(model, history, work)
+    log(f"  {tokens} tokens: re-prefill in a bare llama-cpp-python process {bare['first_token_seconds']:.2f} s")
     log(
         f"  {tokens} tokens: resume {resume * 1e3:.0f} ms (cold {resume_cold * 1e3:.0f} ms), "
         f"re-prefill {reprefill_history:.2f} s; restore {statistics.median(restore_samples) * 1e3:.1f} ms "
@@ -248,7 +258,29 @@ def _at_length(model: Model, n_tokens: int, cfg: Config, log: Any) -> LengthResu
         checksum=checksum,
         session=session,
         history=history,
+        reprefill_process=bare["first_token_seconds"],
+        reprefill_process_tokens=bare["tokens"],
     )
+
+
+def bare_process_reprefill(model: Model, history: ChatHistory, work: Path) -> dict[str, Any]:
+    """Time to first token of ``create_chat_completion`` on history + next question, in a process without lmchat."""
+    messages = work / "bare-messages.json"
+    messages.write_text(json.dumps([*history.as_chat_messages(), {"role": "user", "content": NEXT_PROMPT}]))
+    script = Path(__file__).with_name("bare_process.py")
+    cmd = [sys.executable, str(script), str(model.path), str(model.n_ctx), str(messages)]
+    # The same OpenMP wait policy as this process (PASSIVE unless the user chose one): with llama.cpp's
+    # spinning default, the bare process ran 10-25x slower on a loaded 2-core machine, which would
+    # measure the machine's load rather than the re-prefill.
+    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    messages.unlink()
+    if proc.returncode != 0:
+        raise RuntimeError(f"the bare llama-cpp-python process failed:\n{proc.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    if result["lmchat_modules"]:
+        raise RuntimeError(f"the bare process imported lmchat: {result['lmchat_modules']}")
+    return result
 
 
 def _timed(fn: Any) -> float:

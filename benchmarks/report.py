@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .engine_bench import LengthResult, ModelResult
+from .twins import TWINS, twin_table
 
 __all__ = ["Row", "rows_for", "write_markdown", "write_plot", "PLOT_NAME"]
 
@@ -93,6 +94,15 @@ def rows_for(res: ModelResult, targets_at: dict[str, int]) -> list[Row]:
             f"{lr.reprefill / lr.resume_next:.0f}× (evaluating k new tokens at context n costs at least k/n "
             "of a re-prefill of n tokens, up to 2k/n where attention dominates)",
         )
+        if lr.reprefill_process:
+            add(
+                "Resume vs re-prefill in a bare llama-cpp-python process (no lmchat)",
+                h,
+                _ms(lr.resume),
+                f"{_ms(lr.reprefill_process)} ({lr.reprefill_process_tokens:,} prompt tokens)",
+                lr.reprefill_process / lr.resume,
+                "{:.0f}× faster",
+            )
         add(
             "Resume breakdown: restore part vs re-prefill",
             h,
@@ -294,7 +304,7 @@ def write_markdown(
         "| | |",
         "|---|---|",
     ]
-    for key in ("cpu", "cores", "memory", "os", "python", "llama_cpp_python", "lmchat", "commit", "load"):
+    for key in ("cpu", "cores", "memory", "gpu", "os", "python", "llama_cpp_python", "lmchat", "commit", "load"):
         lines.append(f"| {key.replace('_', '-')} | {machine[key]} |")
     lines += [
         "",
@@ -308,6 +318,10 @@ def write_markdown(
             f"| {res.label} ({res.name}) | `{Path(res.path).name}` | {_ms(res.load_seconds)} | {res.n_ctx:,} "
             f"| {res.n_swa or '—'} | {_ms(res.zero_seconds)} |"
         )
+    twins = [TWINS[Path(res.path).name.rsplit("-", 1)[0]] for res in results if res.name.startswith("KV twin of")]
+    if twins:
+        lines += ["", "KV-shape twins (`benchmarks/twins.py`): the real model's KV cache shape, tiny weights.", ""]
+        lines += twin_table(twins)
     lines += [
         "",
         "## Summary",
@@ -360,6 +374,12 @@ def write_plot(path: Path, results: list[ModelResult]) -> None:
         x = [lr.tokens for lr in res.lengths]
         series = [
             ("re-prefill (from_history)", [lr.reprefill for lr in res.lengths], "tab:red", "s--"),
+            (
+                "re-prefill, bare llama-cpp-python process",
+                [lr.reprefill_process or float("nan") for lr in res.lengths],
+                "tab:orange",
+                "d--",
+            ),
             ("lmchat resume, cold page cache", [lr.resume_cold for lr in res.lengths], "tab:cyan", "v--"),
             ("lmchat resume", [lr.resume for lr in res.lengths], "tab:blue", "o-"),
             (

@@ -22,6 +22,7 @@ from typing import Any
 
 from .engine_bench import Config, ModelResult, bench_model
 from .report import PLOT_NAME, rows_for, write_markdown, write_plot
+from .twins import LLAMA_1B, LLAMA_8B, twin_path
 
 __all__ = ["main"]
 
@@ -42,8 +43,18 @@ def gemma_path() -> Path:
     return Path(gemma.assemble(target, overwrite=True))
 
 
-MODELS = {"smollm2": lambda: None, "gemma3": lambda: str(gemma_path())}
-LABELS = {"smollm2": "SmolLM2-135M", "gemma3": "Gemma 3 270M"}
+MODELS = {
+    "smollm2": lambda: None,
+    "gemma3": lambda: str(gemma_path()),
+    "twin1b": lambda: str(twin_path(LLAMA_1B)),
+    "twin8b": lambda: str(twin_path(LLAMA_8B)),
+}
+LABELS = {
+    "smollm2": "SmolLM2-135M",
+    "gemma3": "Gemma 3 270M",
+    "twin1b": "Llama-3.2-1B KV twin",
+    "twin8b": "Llama-3.1-8B KV twin",
+}
 
 
 def _machine(started: float, load_before: tuple[float, float, float]) -> dict[str, Any]:
@@ -70,6 +81,11 @@ def _machine(started: float, load_before: tuple[float, float, float]) -> dict[st
         "cpu": cpu,
         "cores": os.cpu_count(),
         "memory": f"{mem_kb / 2**20:.1f} GiB",
+        "gpu": (
+            "llama-cpp-python built with GPU offload"
+            if llama_cpp.llama_supports_gpu_offload()
+            else "none: a CPU-only build of llama-cpp-python, on a machine without a GPU"
+        ),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "llama_cpp_python": llama_cpp.__version__,
@@ -111,7 +127,13 @@ def _notes(cfg: Config, smoke: bool) -> list[str]:
         "greedy, `max_tokens=1`), with the model already loaded and no conversation owning its cache, as in a freshly "
         "started kernel; for a sliding-window model it includes the check of the restored state (its last token "
         "re-decoded in the next message's batch). **Re-prefill** = `Conversation.from_history(model, history)` (the "
-        "history evaluated again, message by message) to the same first token. **Cold start** = a new conversation with only the "
+        "history evaluated again, message by message) to the same first token. **Re-prefill in a bare process** = "
+        "`benchmarks/bare_process.py`, a separate process that never imports lmchat: `llama_cpp.Llama(model_path, "
+        "n_ctx=…)` with every other setting at llama-cpp-python's defaults (its own threads and chat template "
+        "handling), then `create_chat_completion(messages=history + the next question, max_tokens=1, stream=True)` "
+        "once, timed from the call to the end of the stream (its first token); its model load is not counted; it gets this process's `OMP_WAIT_POLICY` (`PASSIVE`, as lmchat sets it: "
+        "with OpenMP's spinning default the bare process took 10–25× longer on this loaded 2-core machine). "
+        "**Cold start** = a new conversation with only the "
         "system prompt, to its first token.",
         "**Restore I/O** = `Conversation.restore` alone, every check included (header and section xxh3 checksums, "
         "model fingerprint, the positions the loaded cache holds; the logits check of a sliding-window model is part "
@@ -145,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="lmchat benchmarks")
     parser.add_argument("--smoke", action="store_true", help="one short history on the default model, fast")
     parser.add_argument("--out", type=Path, default=HERE, help="where RESULTS.md, resume.png, results.json go")
-    parser.add_argument("--models", default=None, help="comma-separated: smollm2,gemma3")
+    parser.add_argument("--models", default=None, help="comma-separated: smollm2,gemma3,twin1b,twin8b")
     parser.add_argument("--lengths", default=None, help="comma-separated history lengths in tokens")
     parser.add_argument("--reps", type=int, default=None, help="repetitions of the fast measures")
     parser.add_argument("--no-kernel", action="store_true", help="skip the measures that need a Jupyter kernel")

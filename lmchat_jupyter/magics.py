@@ -126,6 +126,9 @@ _LINE = _declare(
         argument("--autosave", choices=["on", "off"]),
         argument("--notebook", metavar="PATH"),
         argument("--n-ctx", type=int, metavar="N"),
+        argument(
+            "--gpu-layers", type=int, metavar="N", help="layers on the GPU: -1 all (default with a GPU build), 0 none"
+        ),
         argument("--max-sidecar-mb", type=float, metavar="MB", help="remove old KV caches past this size (0: no cap)"),
         argument("--embed", choices=EMBED_SETTINGS, help="what the .ipynb carries of its chats (kept in it)"),
         help="show or change the settings",
@@ -289,6 +292,12 @@ class ChatMagics(Magics):
             from dataclasses import replace
 
             store.settings = replace(store.settings, n_ctx=args.n_ctx)
+        if args.gpu_layers is not None:
+            from dataclasses import replace
+
+            if args.gpu_layers < -1:
+                raise UsageError("%chat config --gpu-layers N: N is -1 (every layer), 0 (none) or a layer count")
+            store.settings = replace(store.settings, n_gpu_layers=args.gpu_layers)
         if args.max_sidecar_mb is not None:
             if args.max_sidecar_mb < 0:
                 raise UsageError("%chat config --max-sidecar-mb MB: MB is a size in megabytes, or 0 for no cap")
@@ -302,6 +311,7 @@ class ChatMagics(Magics):
             f"autosave: {'on' if store.autosave else 'off'}\n"
             f"sidecar: {store.sidecar.folder}{'' if store.sidecar.writable else ' (read-only here)'}\n"
             f"n_ctx: {store.settings.n_ctx or 'default (8192, capped by the model)'}\n"
+            f"gpu layers: {_gpu_layers(store.settings.n_gpu_layers)}\n"
             f"max sidecar size: {_cap(store)}\n"
             f"embed: {frontend.bridge().embed} (kept in the notebook's metadata)"
         )
@@ -404,6 +414,14 @@ def _describe(conv: Conversation, name: str, state: kernel.KernelChats) -> str:
 
 def _folder_size(store: ChatStore) -> str:
     return sidecar_space.format_size(sidecar_space.folder_size(store.sidecar.folder))
+
+
+def _gpu_layers(n_gpu_layers: int) -> str:
+    from .models import default_gpu_layers
+
+    if default_gpu_layers() == 0:
+        return f"{n_gpu_layers} (this llama-cpp-python has no GPU backend: every layer runs on the CPU)"
+    return {-1: "all", 0: "none (CPU only)"}.get(n_gpu_layers, str(n_gpu_layers)) + " (for models loaded from now on)"
 
 
 def _cap(store: ChatStore) -> str:

@@ -10,7 +10,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,7 @@ from .model_specs import resolve_model_path
 if TYPE_CHECKING:
     from .conversation import Conversation
 
-__all__ = ["ModelSettings", "Model", "load_model", "loaded_models", "default_threads", "KV_TYPES"]
+__all__ = ["ModelSettings", "Model", "load_model", "loaded_models", "default_threads", "default_gpu_layers", "KV_TYPES"]
 
 #: KV cache types a user may name, mapped to ggml's type ids.
 KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
@@ -39,7 +39,8 @@ class ModelSettings:
     ``n_ctx=None`` means 8192, capped by the model's training context. ``swa_full`` keeps the whole
     sliding-window cache, which makes rewinds and restores of sliding-window models (Gemma 3) exact.
     ``n_threads`` (generation) and ``n_threads_batch`` (prompt evaluation) default to
-    :func:`default_threads`; ``n_threads`` alone sets both.
+    :func:`default_threads`; ``n_threads`` alone sets both. ``n_gpu_layers`` (-1: every layer) defaults
+    to :func:`default_gpu_layers`: all of them where llama-cpp-python was built with a GPU backend.
     """
 
     n_ctx: int | None = None
@@ -49,7 +50,7 @@ class ModelSettings:
     type_k: str = "f16"
     type_v: str = "f16"
     flash_attn: bool = False
-    n_gpu_layers: int = 0
+    n_gpu_layers: int = field(default_factory=lambda: default_gpu_layers())
     swa_full: bool = True
 
     def __post_init__(self) -> None:
@@ -61,6 +62,8 @@ class ModelSettings:
             raise ValueError(f"type_v={self.type_v!r} needs flash_attn=True: llama.cpp quantizes the V cache only then")
         if self.n_ctx is not None and self.n_ctx < 64:
             raise ValueError(f"n_ctx={self.n_ctx} is too small; use at least 64 (default: {DEFAULT_N_CTX})")
+        if self.n_gpu_layers < -1:
+            raise ValueError(f"n_gpu_layers={self.n_gpu_layers}; use -1 (every layer), 0 (none) or a layer count")
         for name in ("n_threads", "n_threads_batch"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -72,6 +75,11 @@ class ModelSettings:
         if self.n_threads is None:
             return auto_gen, self.n_threads_batch or auto_batch
         return self.n_threads, self.n_threads_batch or self.n_threads
+
+
+def default_gpu_layers() -> int:
+    """-1 (every layer offloaded) where llama-cpp-python was built with a GPU backend (CUDA, Metal, …), else 0."""
+    return -1 if llama_cpp.llama_supports_gpu_offload() else 0
 
 
 def default_threads() -> tuple[int, int]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import llama_cpp
 import pytest
 
 from lmchat_jupyter import Conversation, Model, ModelLoadError, ModelNotFoundError, ModelSettings, load_model
@@ -164,7 +165,11 @@ def test_settings_are_checked() -> None:
         ModelSettings(n_ctx=16)
     with pytest.raises(ValueError, match="n_threads=0; use at least 1"):
         ModelSettings(n_threads=0)
-    assert ModelSettings().n_ctx is None and ModelSettings().n_gpu_layers == 0
+    with pytest.raises(ValueError, match="n_gpu_layers=-2; use -1"):
+        ModelSettings(n_gpu_layers=-2)
+    assert ModelSettings().n_ctx is None
+    # Every layer on the GPU where llama-cpp-python has a GPU backend; none on a CPU-only build.
+    assert ModelSettings().n_gpu_layers == (-1 if llama_cpp.llama_supports_gpu_offload() else 0)
 
 
 def test_thread_counts(model: Model) -> None:

@@ -150,3 +150,13 @@ def test_export_says_the_full_path(shell: InteractiveShell, tmp_path: Path) -> N
     said = line(shell, "export transcript.md")
     assert f"to {(tmp_path / 'transcript.md').resolve()}" in said, said
     assert (tmp_path / "transcript.md").is_file()
+
+
+def test_config_sets_the_gpu_layers_of_models_loaded_from_now_on(shell: InteractiveShell) -> None:
+    import lmchat_jupyter
+
+    said = line(shell, "config --gpu-layers 4")
+    assert "gpu layers: 4 (" in said, said
+    assert lmchat_jupyter.kernel.chats().store.settings.n_gpu_layers == 4
+    assert "-1 (every layer), 0 (none)" in _usage_error(shell, "config --gpu-layers -2")
+    assert lmchat_jupyter.kernel.chats().store.settings.n_gpu_layers == 4
