@@ -3,7 +3,8 @@
 JupyterLab runs on localhost; Playwright drives Debian's chromium. The panel offers to load lmchat
 into a kernel without it, shows a %%chat cell's turn as it streams, sends, stops, copies, inserts a
 code block into a new cell, answers again, edits and resends a message, marks stopped and cut answers,
-follows the current notebook and picks among a notebook's conversations. The screenshot of the panel
+follows the current notebook, picks among a notebook's conversations and shows the saved
+conversation again once lmchat is loaded after a kernel restart. The screenshot of the panel
 that the README shows (docs/panel.png) is taken here.
 """
 
@@ -78,12 +79,15 @@ class PanelPage(LabPage):
             )
         )
 
-    def wait_messages(self, count: int, what: str, timeout: float = 300) -> list[dict[str, Any]]:
-        """Wait until ``count`` messages show, rendered, and none is being generated."""
+    def wait_messages(
+        self, count: int, what: str, timeout: float = 300, first: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Wait until ``count`` messages show, rendered (the first one reading ``first``), none being generated."""
 
         def done() -> list[dict[str, Any]] | None:
             shown = self.messages()
             ready = len(shown) == count and all(m["text"].strip() for m in shown)
+            ready = ready and (first is None or shown[0]["text"].strip() == first)
             return shown if ready and "generating" not in self.status() else None
 
         return wait_for(what, done, timeout=timeout)
@@ -116,7 +120,7 @@ def test_panel_in_jupyterlab(tmp_path: Path) -> None:
     root.mkdir()
     (root / "first.ipynb").write_text(notebook(CELLS))
     (root / "second.ipynb").write_text(notebook(["1 + 1"]))
-    with LabServer(root, home=tmp_path / "home") as server, chromium_page(executable) as page:
+    with LabServer(root, home=tmp_path / "home") as server, chromium_page(executable, height=1200) as page:
         page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
         lab = PanelPage(page, server)
         try:
@@ -145,6 +149,16 @@ def test_panel_in_jupyterlab(tmp_path: Path) -> None:
             assert "8 tokens" in answer["stats"] and "tok/s" in answer["stats"]
             assert answer["ending"] == "length"
             assert "/ 8,192 tokens" in lab.status()
+
+            # Edit and resend the first message: the conversation goes back to it.
+            lab.message(0).hover()
+            lab.message(0).get_by_role("button", name="Edit").click()
+            editor = lab.message(0).locator("textarea").first
+            editor.fill("My name is Grace. Say hello to me.")
+            editor.press("Enter")
+            shown = lab.wait_messages(2, "the edited turn", first="My name is Grace. Say hello to me.")
+            assert shown[0]["text"] == "My name is Grace. Say hello to me." and shown[1]["text"]
+            assert answer["text"] not in [m["text"] for m in shown]
 
             # Send from the panel; the answer is the kernel's (and so the next %%chat cell's) too.
             lab.type_and_send(CODE_PROMPT)
@@ -178,35 +192,29 @@ def test_panel_in_jupyterlab(tmp_path: Path) -> None:
                 pytest.fail(f"the model answered without a code block: {shown[3]['text']!r}")
 
             # Answer again: the last answer is replaced.
-            first_answer = shown[3]["text"]
-            lab.message(3).hover()
+            page.mouse.move(0, 0)  # away from the insert button, whose tooltip would cover the answer
             lab.message(3).locator(".lmchat-panel-regenerate").click()
             wait_for("the new answer", lambda: "generating" in lab.status(), timeout=60)
             shown = lab.wait_messages(4, "the answer given again")
             assert shown[2]["text"] == CODE_PROMPT  # same message; temperature 0 may give the same answer
             assert lab.message(1).locator(".lmchat-panel-regenerate").count() == 0  # only the last answer
 
-            # Edit and resend the first message: the conversation goes back to it.
-            lab.message(0).hover()
-            lab.message(0).get_by_role("button", name="Edit").click()
-            editor = lab.message(0).locator("textarea").first
-            editor.fill("My name is Grace. Say hello to me.")
-            editor.press("Enter")
-            shown = lab.wait_messages(2, "the edited turn")
-            assert shown[0]["text"] == "My name is Grace. Say hello to me." and shown[1]["text"]
-            assert first_answer not in [m["text"] for m in shown]
-
             # Stop: the partial answer stays, marked.
             lab.run_cell(LONG_ANSWERS)
             lab.type_and_send("Tell me a very long story about a dragon who learns to bake bread.")
             wait_for(
-                "the answer to stream", lambda: len(lab.messages()) == 4 and lab.messages()[3]["text"] not in ("", "…")
+                "the answer to stream", lambda: len(lab.messages()) == 6 and lab.messages()[5]["text"] not in ("", "…")
             )
             lab.panel.locator(".lmchat-panel-stop").click()
-            shown = lab.wait_messages(4, "the stopped answer")
-            assert shown[3]["ending"] == "stopped" and shown[3]["text"]
-            assert "stopped" in lab.message(3).locator(".lmchat-panel-ending").inner_text()
+            shown = lab.wait_messages(6, "the stopped answer")
+            assert shown[5]["ending"] == "stopped" and shown[5]["text"]
+            assert "stopped" in lab.message(5).locator(".lmchat-panel-ending").inner_text()
             widen_sidebar(page, 420)
+            page.evaluate(  # the newest message in view, as after an answer
+                "() => { let e = document.querySelector('#lmchat-panel .jp-chat-messages-container');"
+                " while (e && e.scrollHeight <= e.clientHeight) e = e.parentElement;"
+                " if (e) e.scrollTop = e.scrollHeight; }"
+            )
             lab.screenshot(lab.panel, "panel.png")
             SCREENSHOT.parent.mkdir(exist_ok=True)
             lab.panel.screenshot(path=str(SCREENSHOT))
@@ -222,26 +230,35 @@ def test_panel_in_jupyterlab(tmp_path: Path) -> None:
             assert lab.panel.locator("[onerror], a[href^='javascript']").count() == 0
             assert page.evaluate("() => window.lmchatPwned") is None
             picker.select_option("default")
-            lab.wait_messages(4, "the default conversation again")
+            lab.wait_messages(6, "the default conversation again")
 
             # Another notebook, another kernel: the panel follows it, and comes back.
             page.evaluate("() => { window.jupyterapp.commands.execute('docmanager:open', {path: 'second.ipynb'}); }")
             unloaded.wait_for(state="visible", timeout=180_000)
             assert "second.ipynb" in lab.panel.locator(".lmchat-panel-notebook").inner_text()
             page.evaluate("() => { window.jupyterapp.commands.execute('docmanager:open', {path: 'first.ipynb'}); }")
-            lab.wait_messages(4, "the first notebook's conversation again", timeout=60)
+            lab.wait_messages(6, "the first notebook's conversation again", timeout=60)
             assert not unloaded.is_visible()
 
             # Stop while a %%chat cell generates: the panel interrupts the kernel; the partial answer stays.
             lab.run_cell(LONG_CHAT, wait=False)
             wait_for(
                 "the cell's answer to stream",
-                lambda: len(lab.messages()) == 6 and lab.messages()[5]["text"] not in ("", "…"),
+                lambda: len(lab.messages()) == 8 and lab.messages()[7]["text"] not in ("", "…"),
             )
             lab.panel.locator(".lmchat-panel-stop").click()
             lab.wait_cell(LONG_CHAT)
-            shown = lab.wait_messages(6, "the interrupted answer")
-            assert shown[5]["ending"] == "interrupted" and shown[5]["text"]
+            shown = lab.wait_messages(8, "the interrupted answer")
+            assert shown[7]["ending"] == "interrupted" and shown[7]["text"]
+
+            # A kernel restart: lmchat is gone until loaded again, then the saved conversation is back.
+            page.evaluate("() => { window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.restart(); }")
+            unloaded.wait_for(state="visible", timeout=120_000)
+            lab.wait_idle()
+            lab.panel.locator(".lmchat-panel-load").click()
+            wait_for("lmchat again", lambda: not unloaded.is_visible() and "tokens" in lab.status(), timeout=180)
+            restored = lab.wait_messages(8, "the restored conversation", timeout=180)
+            assert [m["text"].strip() for m in restored] == [m["text"].strip() for m in shown]
         except BaseException:
             lab.screenshot(page, "panel-failure.png")
             print("\n".join(lab.console[-40:]), "\n", server.log())
