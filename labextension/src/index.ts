@@ -8,6 +8,7 @@ import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 
 import { Context, INotebookLinks, NotebookLinks } from './link';
 import { ChatPanel } from './panel/widget';
+import { watchStaleChatWidgets } from './stale_widgets';
 
 const linksPlugin: JupyterFrontEndPlugin<NotebookLinks> = {
   id: 'lmchat-jupyter:plugin',
@@ -20,6 +21,7 @@ const linksPlugin: JupyterFrontEndPlugin<NotebookLinks> = {
     const links = new NotebookLinks();
     const track = (panel: NotebookPanel) => {
       links.linkFor(panel.context);
+      watchStaleChatWidgets(panel);
     };
     tracker.forEach(track);
     tracker.widgetAdded.connect((_, panel) => track(panel));
