@@ -44,6 +44,8 @@ export interface IKernelRequests {
   request(action: string, extra?: JSONObject): boolean;
   /** Interrupt the kernel: the way to stop an answer a `%%chat` cell is generating. */
   interrupt(): void;
+  /** Whether the kernel is running a cell (it reads no comm message until the cell ends). */
+  busy(): boolean;
 }
 
 export const USER: IUser = {
@@ -137,12 +139,12 @@ export class KernelChatModel extends AbstractChatModel {
 
   stop(): void {
     const state = this._state;
-    if (state && state.generating && !state.panel_turn) {
+    if (state && state.generating && !state.panel_turn && this.kernel.busy()) {
       // A %%chat cell holds the kernel: only an interrupt reaches it.
       this.kernel.interrupt();
-    } else {
-      this.kernel.request('stop');
     }
+    // The panel's and the widget's turns run beside the kernel's main thread: they read this.
+    this.kernel.request('stop');
   }
 
   createChatContext(): IChatContext {

@@ -75,7 +75,8 @@ class NotebookChat {
     this.model = new KernelChatModel(
       {
         request: (action, extra) => this.request(action, extra),
-        interrupt: () => void link.currentKernel?.interrupt()
+        interrupt: () => void link.currentKernel?.interrupt(),
+        busy: () => link.currentKernel?.status === 'busy'
       },
       {
         config: {
