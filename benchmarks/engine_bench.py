@@ -318,6 +318,7 @@ def _autosave_share(model: Model, session: Path, cfg: Config) -> dict[str, Any]:
         runs.append(
             (blocking / (end - start), blocking, written, end - start, result.generated_tokens, conv.info.token_count)
         )
+    written_bytes = target.stat().st_size  # every autosave rewrites the whole session file
     target.unlink()
     release(model)
     share, blocking, written, turn, generated, tokens = sorted(runs)[len(runs) // 2]  # the median turn
@@ -328,6 +329,7 @@ def _autosave_share(model: Model, session: Path, cfg: Config) -> dict[str, Any]:
         "save_seconds": blocking,
         "written_seconds": written,
         "share": share,
+        "written_bytes": written_bytes,
     }
 
 

@@ -20,6 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .cost_plot import COST_PLOT_NAME, write_cost_plot
 from .engine_bench import Config, ModelResult, bench_model
 from .report import PLOT_NAME, rows_for, write_markdown, write_plot
 from .twins import LLAMA_1B, LLAMA_8B, twin_path
@@ -121,8 +122,8 @@ def _notes(cfg: Config, smoke: bool) -> list[str]:
         "re-prefill baselines and cold-cache runs (one run each; re-prefills take seconds to minutes). "
         "Ratios are taken within one run on this machine; absolute times move with the machine's load.",
         "Histories are deterministic chats (a system prompt, then questions and long answers) cut to the token "
-        f"count shown; models are loaded once with default settings except n_ctx={cfg.n_ctx} (room for 8k tokens "
-        "of history plus the next turn).",
+        f"count shown; models are loaded once with default settings except n_ctx={cfg.n_ctx} (room for the longest "
+        "history plus the next turn).",
         "**Resume** = `Conversation.restore(model, path)` start → first token of the next answer (a short question, "
         "greedy, `max_tokens=1`), with the model already loaded and no conversation owning its cache, as in a freshly "
         "started kernel; for a sliding-window model it includes the check of the restored state (its last token "
@@ -225,10 +226,14 @@ def main(argv: list[str] | None = None) -> int:
         machine = _machine(started, load_before)
         write_plot(args.out / PLOT_NAME, results)
         write_markdown(args.out / "RESULTS.md", results, rows, machine, _notes(cfg, args.smoke), command)
+        models = [_jsonable(r) for r in results]
         (args.out / "results.json").write_text(
-            json.dumps({"machine": machine, "models": [_jsonable(r) for r in results]}, indent=1, default=str)
+            json.dumps({"machine": machine, "models": models}, indent=1, default=str)
         )
-    print(f"wrote {args.out / 'RESULTS.md'} and {args.out / PLOT_NAME} in {time.time() - started:.0f} s")
+        write_cost_plot(args.out / COST_PLOT_NAME, models, [machine["date"]] * len(models))
+    print(
+        f"wrote {args.out / 'RESULTS.md'}, {args.out / PLOT_NAME} and {COST_PLOT_NAME} in {time.time() - started:.0f} s"
+    )
     return 0
 
 

@@ -5,6 +5,9 @@ The twins are written once per machine into the test models' cache (``LMCHAT_TES
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import llama_cpp
@@ -55,3 +58,20 @@ def test_tiny_twin_chats_saves_and_restores(tmp_path: Path) -> None:
     conv.save(tmp_path / "twin.lmsession")
     restored = Conversation.restore(model, tmp_path / "twin.lmsession")
     assert restored.info.token_count == conv.info.token_count
+
+
+def test_a_turns_kv_alone_rebuilds_the_whole_state_byte_for_byte(tmp_path: Path) -> None:
+    """The llama.cpp calls an autosave of only a turn's KV would rest on (benchmarks/delta_probe.py)."""
+    path = twin_path(TINY_TWIN, tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.delta_probe", str(path), "200", "40"],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["rebuilt_identical"]
+    assert 1.0 <= result["delta_over_new_kv"] <= 1.2  # the turn's KV and a small header, not the whole state
