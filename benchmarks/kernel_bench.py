@@ -187,7 +187,7 @@ def _rerun(turns: int, max_tokens: int, folder: Path, log: Any) -> dict[str, Any
     path = _notebook(folder, turns, max_tokens)
     generate, generate_wall, _ = _run_all(path)
     replay, replay_wall, nb = _run_all(path)
-    outputs = [" ".join(str(o.get("data", {}).get("text/markdown", "")) for o in c.outputs) for c in nb.cells[1:]]
+    outputs = [" ".join(str(o.get("data", {}).get("text/plain", "")) for o in c.outputs) for c in nb.cells[1:]]
     replayed = sum("not generated again" in text for text in outputs)
     restored = " ".join(o.get("text", "") for o in nb.cells[0].outputs)
     out = {

@@ -76,7 +76,7 @@ def test_hostile_metadata_in_a_kernel_touches_nothing_outside_the_sidecar(tmp_pa
     finally:
         k.shutdown()
     after = sorted(p.name for p in tmp_path.rglob("*"))
-    assert set(after) - set(before) <= {"evil.lmchat", ".lock"}
+    assert set(after) - set(before) <= {"evil.lmchat", ".lock", ".gitignore"}
 
 
 def open_frontend_comm(k: KernelDriver, data: dict[str, object]) -> str:
