@@ -14,6 +14,7 @@ one it picked.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from .replay import WIDGET_CELL_ID
 
 __all__ = ["PanelChannel", "message_rows"]
 
+log = logging.getLogger("lmchat")
 #: Send the answer being generated at most this often (each message carries the whole answer so far).
 STREAM_SECONDS = 0.05
 #: Conversation events after which the panel gets the whole state again.
@@ -97,7 +99,8 @@ class PanelChannel:
         store = kernel.chats().store
         name = name or store.active
         conv = store.conversations.get(name)
-        if conv is not None and conv.busy:
+        # Only an answer under way is refused: a save holding the turn lock for a moment is waited for.
+        if name in self._panel_turns or (conv is not None and id(conv) in self._partial):
             raise LmchatError("an answer is being generated: wait for it or press Stop")
         if action == "edit":
             _user_index(conv.history if conv is not None else store.waiting(name), message_id)
@@ -120,6 +123,9 @@ class PanelChannel:
                 pass
         except (LmchatError, ValueError) as exc:
             self._error(name, str(exc))
+        except Exception as exc:  # on a thread nobody reads: the panel must still hear of it
+            log.exception("lmchat: the panel's turn failed")
+            self._error(name, f"the answer failed: {exc}")
         finally:
             self._panel_turns.discard(name)
             self.send_state(name)
