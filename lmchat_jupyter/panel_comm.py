@@ -212,7 +212,7 @@ class PanelChannel:
                 messages=message_rows(conv.history),
                 generating=partial is not None or name in self._panel_turns,
                 partial="".join(partial) if partial is not None else None,
-                model=conv.model.name,
+                model=conv.model.display_name,
                 tokens=info.token_count,
                 n_ctx=info.n_ctx,
             )
