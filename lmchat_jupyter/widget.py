@@ -132,7 +132,8 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
         message = (self.input.value if text is None else text).strip()
         if not message:
             return
-        if self._thread is not None and self._thread.is_alive():
+        previous = self._thread
+        if previous is not None and previous.is_alive() and self._stream is not None:
             self._set_note("busy: wait for the answer or press Stop")
             return
         if text is None:
@@ -140,11 +141,15 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
         # Another answer on this conversation (a second widget's) or a save may hold it: the turn waits.
         conv = None if self._waiting is not None else self._conv
         self._set_note("waiting for the answer in progress…" if conv is not None and conv.busy else "")
-        self._thread = threading.Thread(target=self._generate, args=(conv, message), name="lmchat-widget")
+        self._thread = threading.Thread(target=self._generate, args=(conv, message, previous), name="lmchat-widget")
         self._thread.daemon = True
         self._thread.start()
 
-    def _generate(self, conv: Conversation | None, message: str) -> None:
+    def _generate(self, conv: Conversation | None, message: str, previous: threading.Thread | None) -> None:
+        if previous is not None:
+            # A stopped or finished answer's thread may still be tidying up (its last save, the next
+            # message's opening): a message sent meanwhile goes next rather than being refused.
+            previous.join()
         try:
             if conv is None:  # the first message: now the conversation's history is evaluated
                 self._set_note("evaluating the conversation's history…")

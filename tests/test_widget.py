@@ -151,6 +151,23 @@ def test_stop_ends_the_answer_and_a_waiting_cell_goes_next(
     w.close()
 
 
+def test_a_message_sent_as_a_stopped_answer_tidies_up_goes_next(shell: InteractiveShell) -> None:
+    w = ChatWidget(temperature=0, max_tokens=12)
+    type_and_send(w, "Hello there.")
+    assert w.wait(timeout=300)
+    # The answer is over (the status says so) but its thread is still finishing: as right after Stop.
+    tidying = threading.Event()
+    w._thread = threading.Thread(target=tidying.wait, daemon=True)
+    w._thread.start()
+    type_and_send(w, "And again.")
+    assert "busy" not in w.status.value and w.input.value == ""
+    tidying.set()
+    assert w.wait(timeout=300)
+    assert [text for role, text in w.shown if role == "user"] == ["Hello there.", "And again."]
+    assert shown_matches_history(w)
+    w.close()
+
+
 def test_clear_asks_first_and_stops_an_answer(shell: InteractiveShell) -> None:
     w = ChatWidget(temperature=0, max_tokens=12)
     conv = w.conversation
