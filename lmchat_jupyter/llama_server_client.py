@@ -18,6 +18,7 @@ from .server_http import HttpEndpoint
 
 __all__ = ["LlamaServerClient", "ServerProps", "SlotInfo", "SlotFileResult", "CompletionStream", "SLOT_FILE_NAME"]
 
+SLOT_ACTION_TIMEOUT = 120.0
 SLOT_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
@@ -211,7 +212,8 @@ class LlamaServerClient:
 
     def _post_slot(self, id_slot: int, action: str, body: Mapping[str, Any]) -> dict[str, Any]:
         try:
-            data = self.http.post_json(f"/slots/{int(id_slot)}?action={action}", body)
+            # Bounded: llama-server defers a slot action while the slot is busy, and may leave it waiting.
+            data = self.http.post_json(f"/slots/{int(id_slot)}?action={action}", body, read_timeout=SLOT_ACTION_TIMEOUT)
         except ServerError as exc:
             if exc.status in (400, 404, 500, 501):
                 raise SlotStorageError(

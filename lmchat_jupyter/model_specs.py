@@ -37,6 +37,11 @@ def resolve_model_path(spec: str | os.PathLike[str] | None) -> Path:
     if spec is None:
         return default_model_path()
     text = str(spec).strip()
+    if text.lower().startswith(("http://", "https://")):
+        raise ModelNotFoundError(
+            f"{text} is a server address, not a model file: %%chat and load_model() run models in the kernel. "
+            "Talk to the server with lmchat_jupyter.server_chat.ServerChat(url), or give a .gguf file"
+        )
     path = _download_from_hub(text[len(HF_PREFIX) :]) if text.startswith(HF_PREFIX) else Path(text).expanduser()
     _check_gguf(path, text)
     return path

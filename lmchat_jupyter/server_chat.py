@@ -165,7 +165,7 @@ class ServerChat:
         timings = final.get("timings") or {}
         finish = "length" if final.get("stop_type") == "limit" else "stop"
         self._finish(pieces, start, first, len(stream.tokens), finish, timings.get("prompt_n"), timings.get("cache_n"))
-        self._save_slot(slot)
+        self._save_slot(slot, len(self._tokens))
 
     def _take_slot(self) -> int:
         """A slot for this turn, with this conversation's saved state restored into it where needed."""
@@ -182,20 +182,45 @@ class ServerChat:
             except SlotStorageError as exc:
                 self.slot_saved = False
                 self.notice = f"the saved slot could not be restored ({exc}); the history is sent again"
+            except ServerError as exc:
+                self.notice = f"the saved slot was not restored in time ({exc}); the history is sent again"
         return slot
 
-    def _save_slot(self, slot: int) -> None:
+    def _save_slot(self, slot: int, n_tokens: int) -> None:
+        """Save the slot to this conversation's file, unless another conversation took the slot first.
+
+        llama-server runs the next request queued for a slot as soon as an answer ends; a save that came
+        after it would write that other conversation into this one's file. So the save happens only while
+        the slot is idle, and counts as this conversation's only if it wrote this conversation's number of
+        tokens (the last sampled token is never evaluated). Otherwise the previous file stays: it still
+        holds an earlier prefix of this conversation, and only the turns after it are read again.
+        """
         assert self._llama is not None
         try:
-            self._llama.save_slot(slot, self.slot_file)
-            self.slot_saved = True
-            last = next((s.last_task for s in self._llama.slots() if s.id == slot), None)
-            self._claim = SlotClaim(slot, last)
+            slots = {s.id: s for s in self._llama.slots()}
+        except ServerError:
+            slots = {}
+        if slot in slots and slots[slot].is_processing:
+            self._claim = None
+            return
+        try:
+            saved = self._llama.save_slot(slot, self.slot_file)
         except SlotStorageError as exc:
             self.slot_saved = False
             self.notice = f"the slot was not saved ({exc}); after a restart the history is sent again"
+            return
         except ServerError:
-            self._claim = None
+            self.slot_saved, self._claim = False, None  # a save that may still run later: do not trust the file
+            return
+        if saved.n_tokens not in (n_tokens - 1, n_tokens):
+            self.slot_saved, self._claim = False, None  # the slot held another conversation by then
+            return
+        self.slot_saved = True
+        try:
+            last = next((s.last_task for s in self._llama.slots() if s.id == slot), None)
+        except ServerError:
+            last = None
+        self._claim = SlotClaim(slot, last)
 
     def _openai_turn(self, opts: GenerationOptions) -> Iterator[str]:
         assert self._openai is not None

@@ -64,9 +64,9 @@ class HttpEndpoint:
         """GET ``path`` and decode its JSON answer."""
         return self._request_json("GET", path, None)
 
-    def post_json(self, path: str, body: Mapping[str, Any]) -> Any:
-        """POST ``body`` as JSON to ``path`` and decode the JSON answer."""
-        return self._request_json("POST", path, body)
+    def post_json(self, path: str, body: Mapping[str, Any], *, read_timeout: float | None = None) -> Any:
+        """POST ``body`` as JSON to ``path`` and decode the JSON answer (``read_timeout`` for this call only)."""
+        return self._request_json("POST", path, body, read_timeout)
 
     def stream_events(self, path: str, body: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
         """POST ``body`` and yield each server-sent event's JSON ``data`` until the stream ends (or ``[DONE]``).
@@ -96,8 +96,10 @@ class HttpEndpoint:
         finally:
             connection.close()
 
-    def _request_json(self, method: str, path: str, body: Mapping[str, Any] | None) -> Any:
-        connection, response = self._open(method, path, body)
+    def _request_json(
+        self, method: str, path: str, body: Mapping[str, Any] | None, read_timeout: float | None = None
+    ) -> Any:
+        connection, response = self._open(method, path, body, read_timeout)
         try:
             data = response.read()
         except (OSError, http.client.HTTPException) as exc:
@@ -107,7 +109,7 @@ class HttpEndpoint:
         return _decode(data, self.url + path)
 
     def _open(
-        self, method: str, path: str, body: Mapping[str, Any] | None
+        self, method: str, path: str, body: Mapping[str, Any] | None, read_timeout: float | None = None
     ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         connection: http.client.HTTPConnection
         if self._https:
@@ -126,7 +128,7 @@ class HttpEndpoint:
         try:
             connection.connect()
             if connection.sock is not None:
-                connection.sock.settimeout(self.read_timeout)
+                connection.sock.settimeout(read_timeout or self.read_timeout)
             connection.request(method, self._base_path + path, body=data, headers=headers)
             response = connection.getresponse()
         except ssl.SSLError as exc:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,6 +94,26 @@ def test_conversations_taking_turns_on_one_slot_never_see_each_other(fresh_serve
         assert result.cached_tokens >= held - 1 and result.prompt_tokens < 40
         saved = client.detokenize(slot_file_tokens(fresh_server.slot_dir / chat.slot_file))
         assert own in saved and other not in saved
+
+
+def test_a_slot_taken_right_after_an_answer_never_becomes_this_conversation_s_file(fresh_server: LlamaServer) -> None:
+    client = LlamaServerClient(fresh_server.url)
+    first, second = _chat(fresh_server.url, "PAPAYA"), _chat(fresh_server.url, "MANGO")
+    answer = first.stream("Tell me a long story about the sea.", max_tokens=80, temperature=0.8)
+    next(answer)
+    # The other conversation's turn waits for the one slot and takes it the moment this answer ends.
+    other = threading.Thread(target=lambda: second.submit("Say the code word again.", max_tokens=40))
+    other.start()
+    time.sleep(1.0)
+    for _ in answer:
+        pass
+    other.join(timeout=300)
+    for chat, own, intruder in ((first, "PAPAYA", "MANGO"), (second, "MANGO", "PAPAYA")):
+        slot_file = chat.record()["slot_file"]
+        if slot_file is not None:  # a file the conversation would restore holds itself only
+            saved = client.detokenize(slot_file_tokens(fresh_server.slot_dir / slot_file))
+            assert own in saved and intruder not in saved
+        assert ServerChat.resume(chat.record()).submit("Go on.").text
 
 
 def test_a_server_restart_keeps_saved_slots(fresh_server: LlamaServer) -> None:

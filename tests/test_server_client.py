@@ -11,12 +11,14 @@ import pytest
 
 from lmchat_jupyter.errors import (
     ContextOverflowError,
+    ModelNotFoundError,
     ServerAuthError,
     ServerContextTooSmallError,
     ServerUnreachableError,
     SlotStorageError,
 )
 from lmchat_jupyter.llama_server_client import LlamaServerClient
+from lmchat_jupyter.model_specs import resolve_model_path
 from lmchat_jupyter.openai_client import OpenAICompatibleClient
 from lmchat_jupyter.server_http import API_KEY_ENV_VAR
 
@@ -106,6 +108,11 @@ def test_a_wrong_or_missing_key_is_an_auth_error(server: LlamaServer, monkeypatc
         LlamaServerClient(server.url).props()
     monkeypatch.setenv(API_KEY_ENV_VAR, TEST_API_KEY)
     assert LlamaServerClient(server.url).props().total_slots == 2
+
+
+def test_a_server_address_as_a_model_spec_says_where_servers_are_used() -> None:
+    with pytest.raises(ModelNotFoundError, match="server address.*ServerChat"):
+        resolve_model_path("http://127.0.0.1:8080")
 
 
 def test_a_server_that_is_not_there_is_unreachable() -> None:
