@@ -23,11 +23,14 @@ def bare_chat_completion(model: Model, messages: list[dict[str, str]], max_token
     left empty and unowned, as :func:`release` leaves it.
     """
     llm = model.llm
-    renderer = ChatRenderer(model)
+    backend: Any = model.backend  # the local backend: its template and special tokens
+    renderer = ChatRenderer(backend)
     with model.lock:
         release(model)
         saved = llm.chat_handler
-        llm.chat_handler = Jinja2ChatFormatter(model.chat_template, renderer._eos, renderer._bos).to_chat_handler()
+        llm.chat_handler = Jinja2ChatFormatter(
+            backend.chat_template, backend.eos_text, backend.bos_text
+        ).to_chat_handler()
         try:
             start = time.perf_counter()
             first: float | None = None

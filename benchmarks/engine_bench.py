@@ -15,7 +15,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from lmchat_jupyter import ChatHistory, Conversation, ConversationEvent, Model, kvstate, load_model, session_format
+from lmchat_jupyter import AutoSave, ChatHistory, Conversation, ConversationEvent, Model, load_model, session_format
 
 from .bare import bare_chat_completion
 from .floors import floor_restore, floor_write, write_raw_state
@@ -170,12 +170,13 @@ def _at_length(model: Model, n_tokens: int, cfg: Config, log: Any) -> LengthResu
     save_samples = [a for a, _ in save_pairs]
     save, save_floor = statistics.median(save_samples), statistics.median(b for _, b in save_pairs)
     blank.unlink()
-    state_bytes = kvstate.state_size(model.llm)
-    write_raw_state(model.llm, raw)
+    backend: Any = model.backend  # the local backend, as the floors read it
+    state_bytes = backend.state_size()
+    write_raw_state(backend, raw)
     file_bytes = session.stat().st_size
     # Parts of save and restore that the floors do not have, timed alone to explain the ratios.
     copy_out, _ = median_time(
-        lambda: _timed(lambda: kvstate.read_state_into(model.llm, np.empty(state_bytes, dtype=np.uint8).data)),
+        lambda: _timed(lambda: backend.export_state(np.empty(state_bytes, dtype=np.uint8).data)),
         cfg.reps,
     )
     checksum, _ = median_time(lambda: _timed(lambda: _parse(data)), cfg.reps)
@@ -299,7 +300,8 @@ def _autosave_share(model: Model, session: Path, cfg: Config) -> dict[str, Any]:
     runs = []
     for _ in range(max(1, cfg.gen_reps)):
         release(model)
-        conv = Conversation.restore(model, session, autosave=target)
+        conv = Conversation.restore(model, session)
+        saver = AutoSave(conv, target)
         marks: dict[str, float] = {}
 
         def mark(event: ConversationEvent, marks: dict[str, float] = marks) -> None:
@@ -310,9 +312,9 @@ def _autosave_share(model: Model, session: Path, cfg: Config) -> dict[str, Any]:
         start = time.perf_counter()
         result = conv.submit(GEN_PROMPT, temperature=0.0, max_tokens=cfg.gen_tokens)
         end = time.perf_counter()
-        conv.close()  # waits for the file, written in the background
+        saver.close()  # waits for the file, written in the background
         if "saved" not in marks:
-            raise RuntimeError(f"the autosave did not happen: {conv.last_save_error}")
+            raise RuntimeError(f"the autosave did not happen: {saver.last_error}")
         blocking = end - marks["turn_finished"]  # what the turn waited for: the KV state copied out
         written = marks["saved"] - marks["turn_finished"]
         runs.append(

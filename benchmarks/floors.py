@@ -11,15 +11,15 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from lmchat_jupyter import kvstate
+from lmchat_jupyter.llama_local import SEQ, LlamaBackend
 
 __all__ = ["write_raw_state", "floor_restore", "floor_write"]
 
 
-def write_raw_state(llm: llama_cpp.Llama, path: Path) -> int:
+def write_raw_state(backend: LlamaBackend, path: Path) -> int:
     """Write sequence 0's raw KV state (``llama_state_seq_get_data``) to ``path``; returns its size."""
-    buf = bytearray(kvstate.state_size(llm))
-    n = kvstate.read_state_into(llm, buf)
+    buf = bytearray(backend.state_size())
+    n = backend.export_state(buf)
     with open(path, "wb") as fh:
         fh.write(memoryview(buf)[:n])
         fh.flush()
@@ -39,7 +39,7 @@ def floor_restore(llm: llama_cpp.Llama, path: Path) -> float:
     try:
         array = np.frombuffer(mapped, dtype=np.uint8)
         read = llama_cpp.llama_state_seq_set_data(
-            llm.ctx, array.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), size, kvstate.SEQ
+            llm.ctx, array.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), size, SEQ
         )
         del array  # the map cannot close while a view of it exists
     finally:

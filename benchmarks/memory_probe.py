@@ -33,7 +33,7 @@ def _reset_peak() -> None:
 
 
 def measure(spec: str | None, n_ctx: int, sessions: list[Path], scratch: Path) -> dict[str, Any]:
-    from lmchat_jupyter import Conversation, kvstate, load_model
+    from lmchat_jupyter import Conversation, load_model
 
     from .workload import release
 
@@ -53,7 +53,7 @@ def measure(spec: str | None, n_ctx: int, sessions: list[Path], scratch: Path) -
         before = _status("VmRSS")
         conv = Conversation.restore(model, path)
         restore_extra = _status("VmHWM") - before
-        state = kvstate.state_size(model.llm)
+        state = model.backend.state_size()
         _reset_peak()
         before = _status("VmRSS")
         conv.save(scratch)

@@ -175,8 +175,8 @@ def rows_for(res: ModelResult, targets_at: dict[str, int]) -> list[Row]:
             "{:.1f}%",
             "≤ 5%",
             lambda r: r <= 5,
-            "the turn waits only while the KV state is copied out of llama.cpp and checksummed; the file is "
-            "written and fsynced on a thread of its own",
+            "the turn does not wait for its autosave: the saver's thread copies the KV state out and writes "
+            "and fsyncs the file once the turn is over",
         )
         if "written_seconds" in a:
             add(

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lmchat_jupyter import ChatHistory, Conversation, Message, Model, kvstate
+from lmchat_jupyter import ChatHistory, Conversation, Message, Model
 from lmchat_jupyter.rendering import ChatRenderer
 
 __all__ = [
@@ -63,7 +63,7 @@ def make_history(model: Model, n_tokens: int, seed: int = 1) -> ChatHistory:
     so that the total lands within a few tokens of ``n_tokens``.
     """
     rng = random.Random(seed)
-    renderer = ChatRenderer(model)
+    renderer = ChatRenderer(model.backend)
     history = ChatHistory([Message("system", SYSTEM)])
     while True:
         user = Message("user", _paragraph(rng, rng.randint(1, 3)).rstrip(".") + "?")
@@ -100,7 +100,7 @@ def release(model: Model) -> None:
     """
     with model.lock:
         model.owner = None
-        kvstate.clear(model.llm)
+        model.backend.clear()
 
 
 def first_token(conv: Conversation, prompt: str = NEXT_PROMPT) -> float:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
-
 from . import _llama_env  # noqa: F401  (first: sets what llama.cpp reads when llama_cpp loads)
+from ._version import __version__
+from .autosave import AutoSave
 from .conversation import Conversation, StreamingTurn
 from .errors import (
     ContextOverflowError,
@@ -32,7 +32,6 @@ from .errors import (
 )
 from .events import ConversationEvent
 from .history import ChatHistory, Message
-from .kernel import current
 from .models import Model, ModelSettings, load_model
 from .results import ConversationInfo, GenerationOptions, TurnResult
 
@@ -44,6 +43,7 @@ __all__ = [
     "ModelSettings",
     "Conversation",
     "StreamingTurn",
+    "AutoSave",
     "ChatHistory",
     "Message",
     "ConversationEvent",
@@ -69,10 +69,15 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "ChatWidget":  # imported on demand: it pulls in ipywidgets
+    # The notebook parts are imported on demand: the engine alone needs no IPython, ipywidgets or fcntl.
+    if name == "ChatWidget":
         from .widget import ChatWidget
 
         return ChatWidget
+    if name == "current":
+        from .kernel import current
+
+        return current
     raise AttributeError(f"module 'lmchat_jupyter' has no attribute {name!r}")
 
 

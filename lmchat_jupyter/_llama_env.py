@@ -17,11 +17,8 @@ _USER_POLICY = os.environ.get("OMP_WAIT_POLICY")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def barriers_sleep() -> bool:
-    """Whether llama.cpp's waiting threads sleep rather than spin (so extra threads cannot stall it)."""
-    import llama_cpp
-
-    openmp = b"OPENMP = 1" in llama_cpp.llama_print_system_info()
+def wait_policy_passive() -> bool:
+    """Whether llama.cpp's OpenMP threads were told to sleep while they wait (``OMP_WAIT_POLICY=PASSIVE``)."""
     # A llama_cpp imported before lmchat read the policy the environment had then: known only if the user set it.
     policy = _USER_POLICY if _WAS_LOADED else os.environ.get("OMP_WAIT_POLICY")
-    return openmp and (policy or "").strip().upper() == "PASSIVE"
+    return (policy or "").strip().upper() == "PASSIVE"

@@ -6,38 +6,26 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from .conversation import Conversation
-    from .history import Message
+from .history import Message
 
-__all__ = ["ConversationEvent", "EventHub", "EVENT_KINDS"]
+__all__ = ["ConversationEvent", "EventHub"]
 
 log = logging.getLogger("lmchat")
-
-#: turn_started (a user message was added), token (a piece of the answer), message_added,
-#: turn_finished, rewound, cleared, restored, saved, save_failed, model_changed.
-EVENT_KINDS = (
-    "turn_started",
-    "token",
-    "message_added",
-    "turn_finished",
-    "rewound",
-    "cleared",
-    "restored",
-    "saved",
-    "save_failed",
-    "model_changed",
-)
 
 
 @dataclass(frozen=True)
 class ConversationEvent:
-    """One change of a conversation. ``text`` is the token text for ``token`` and a note otherwise."""
+    """One change of a conversation. ``text`` is the token text for ``token`` and a note otherwise.
+
+    ``kind``: turn_started (a user message was added), token (a piece of the answer), message_added,
+    turn_finished, rewound, cleared, restored, model_changed; saved and save_failed from :class:`AutoSave`.
+    """
 
     kind: str
-    conversation: Conversation
+    #: The Conversation that changed (typed loosely: this module sits below it).
+    conversation: Any
     message: Message | None = None
     text: str = ""
 

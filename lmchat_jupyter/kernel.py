@@ -34,6 +34,8 @@ class KernelChats:
         self.cell_id: str | None = None
         self.replay_cursor: dict[str, int] = {}
         self._store: ChatStore | None = None
+        #: The magics are registered in this kernel's shell.
+        self.magics_loaded = False
         self._hooks_installed = False
         self._previous_sigterm: Any = None
 

@@ -387,9 +387,7 @@ def _tag_user_message(conv: Conversation, meta: dict[str, Any]) -> Callable[[], 
 
 def _token_cost(conv: Conversation, message: CellMessage) -> int:
     """Tokens the added values and context cost the message (a count, so one tokenizer call each)."""
-    from .rendering import ChatRenderer
-
-    tokenize = ChatRenderer(conv.model).tokenize
+    tokenize = conv.model.backend.tokenize
     return max(0, len(tokenize(message.text)) - len(tokenize(message.typed)))
 
 
@@ -460,13 +458,13 @@ def _on_post_run_cell(result: Any) -> None:
 def load(ipython: Any) -> None:
     """Register the magics (idempotent), restore the sidecar's conversations and say what came back."""
     state = kernel.chats(ipython)
-    if getattr(state, "_magics_loaded", False):
+    if state.magics_loaded:
         return
     ipython.register_magics(ChatMagics)
     ipython.events.register("pre_run_cell", _on_pre_run_cell)
     ipython.events.register("post_run_cell", _on_post_run_cell)
     ipython.user_ns.setdefault("Err", ErrorLog())
-    state._magics_loaded = True  # type: ignore[attr-defined]
+    state.magics_loaded = True
     for line in state.store.restore_all():
         print(f"lmchat: restored {line}")
     from . import frontend
@@ -477,7 +475,7 @@ def load(ipython: Any) -> None:
 
 def unload(ipython: Any) -> None:
     state = kernel.chats(ipython)
-    if not getattr(state, "_magics_loaded", False):
+    if not state.magics_loaded:
         return
     from . import frontend
 

@@ -2,34 +2,21 @@
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
-import logging
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import llama_cpp
-
-from . import _llama_env
-from .errors import ModelLoadError
-from .fingerprint import file_sha256
+from .backend import Backend, CacheOwner
+from .llama_load import DEFAULT_N_CTX, KV_TYPES, barriers_sleep, gpu_offload, open_backend
 from .model_specs import resolve_model_path
 
-if TYPE_CHECKING:
-    from .conversation import Conversation
+__all__ = ["ModelSettings", "Model", "load_model", "default_threads", "default_gpu_layers", "KV_TYPES"]
 
-__all__ = ["ModelSettings", "Model", "load_model", "loaded_models", "default_threads", "default_gpu_layers", "KV_TYPES"]
-
-#: KV cache types a user may name, mapped to ggml's type ids.
-KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
 _FLOAT_KV_TYPES = ("f32", "f16", "bf16")
-DEFAULT_N_CTX = 8192
 
 
 @dataclass(frozen=True)
@@ -79,7 +66,7 @@ class ModelSettings:
 
 def default_gpu_layers() -> int:
     """-1 (every layer offloaded) where llama-cpp-python was built with a GPU backend (CUDA, Metal, …), else 0."""
-    return -1 if llama_cpp.llama_supports_gpu_offload() else 0
+    return -1 if gpu_offload() else 0
 
 
 def default_threads() -> tuple[int, int]:
@@ -92,7 +79,7 @@ def default_threads() -> tuple[int, int]:
     ``(min(cpus // 2, cpus - 1), cpus - 1)``, at least 1 each.
     """
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if _llama_env.barriers_sleep():
+    if barriers_sleep():
         return max(1, cpus // 2), cpus
     spare = max(1, cpus - 1)
     return max(1, min(cpus // 2, spare)), spare
@@ -103,25 +90,21 @@ _MODELS_LOCK = threading.Lock()
 
 
 class Model:
-    """A loaded GGUF model and its fingerprint, shared by every conversation that uses it.
+    """A loaded model and its backend, shared by every conversation that uses it.
 
-    Only one conversation's tokens live in the llama.cpp context at a time; ``lock`` serialises
-    generations and ``owner`` says whose tokens are in the KV cache.
+    Only one conversation's tokens live in the backend at a time; ``lock`` serialises generations
+    and ``owner`` is the cache (:class:`~lmchat_jupyter.kvcache.KVCache`) whose tokens it holds.
     """
 
-    def __init__(self, spec: str | None, path: Path, settings: ModelSettings, llm: llama_cpp.Llama) -> None:
+    def __init__(self, spec: str | None, path: Path, settings: ModelSettings, backend: Backend, name: str) -> None:
         self.spec = spec
         self.path = path
         self.settings = settings
-        self.llm = llm
+        self.backend = backend
         self.lock = threading.RLock()
-        self.owner: Conversation | None = None
+        self.owner: CacheOwner | None = None
         self.load_seconds = 0.0
-        self._sha256: str | None = None
-        self.metadata: dict[str, str] = dict(llm.metadata)
-        architecture = self.metadata.get("general.architecture", "")
-        self.chat_template = self.metadata.get("tokenizer.chat_template") or _fallback_template(architecture)
-        self.name = self.metadata.get("general.name") or path.stem
+        self.name = name
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, n_ctx={self.n_ctx}, path={str(self.path)!r})"
@@ -136,38 +119,27 @@ class Model:
         return self.path.name.removesuffix(".gguf")
 
     @property
+    def llm(self) -> Any:
+        """The ``llama_cpp.Llama`` under a local model (for tests and measurements; the engine uses ``backend``)."""
+        return getattr(self.backend, "llm", None)
+
+    @property
     def n_ctx(self) -> int:
-        return int(self.llm.n_ctx())
+        return self.backend.n_ctx
 
     @property
     def n_swa(self) -> int:
-        return int(llama_cpp.llama_model_n_swa(self.llm.model))
+        """The sliding-window size of the model's attention (0: none)."""
+        return int(getattr(self.backend, "n_swa", 0))
 
     @property
     def sha256(self) -> str:
-        if self._sha256 is None:
-            self._sha256 = file_sha256(self.path)
-        return self._sha256
+        """The model file's SHA-256 (hashed once, at first use)."""
+        return str(self.fingerprint()["model_sha256"])
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything a saved KV state depends on; a session loads only where all of it matches."""
-        model = self.llm.model
-        return {
-            "llama_cpp_python": llama_cpp.__version__,
-            "model_sha256": self.sha256,
-            "model_name": self.name,
-            "architecture": self.metadata.get("general.architecture", "?"),
-            "n_layer": int(llama_cpp.llama_model_n_layer(model)),
-            "n_embd": int(llama_cpp.llama_model_n_embd(model)),
-            "n_vocab": int(self.llm.n_vocab()),
-            "n_ctx": self.n_ctx,
-            "type_k": self.settings.type_k,
-            "type_v": self.settings.type_v,
-            "flash_attn": self.settings.flash_attn,
-            "n_swa": self.n_swa,
-            "swa_full": self.settings.swa_full,
-            "chat_template_sha256": hashlib.sha256(self.chat_template.encode()).hexdigest(),
-        }
+        return self.backend.describe()
 
     def describe(self) -> str:
         """``name (file.gguf, n_ctx=N)``."""
@@ -176,26 +148,6 @@ class Model:
     def describe_load(self) -> str:
         """``Loaded name (file.gguf, n_ctx=N) in 0.6 s``: what loading it took."""
         return f"Loaded {self.describe()} in {self.load_seconds:.1f} s"
-
-
-# Used only when a GGUF carries no chat template (base models): the family's own turn format where
-# known, else ChatML. Contents are not trimmed, so earlier turns render exactly as they were cached.
-_CHATML = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
-    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-_GEMMA = (
-    "{{ bos_token }}{% if messages and messages[0]['role'] == 'system' %}"
-    "{% set prefix = messages[0]['content'] + '\n\n' %}{% set turns = messages[1:] %}"
-    "{% else %}{% set prefix = '' %}{% set turns = messages %}{% endif %}"
-    "{% for message in turns %}{% set role = 'model' if message['role'] == 'assistant' else 'user' %}"
-    "{{ '<start_of_turn>' + role + '\n' + (prefix if loop.first else '') + message['content'] + "
-    "'<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
-)
-
-
-def _fallback_template(architecture: str) -> str:
-    return _GEMMA if architecture.startswith("gemma") else _CHATML
 
 
 def load_model(
@@ -226,8 +178,10 @@ def load_model(
             return _MODELS[key]  # nothing to report: nothing was loaded
         report(f"Loading {path.name} …")
         start = time.perf_counter()
-        llm = _open_llama(path, settings)
-        model = Model(None if spec is None else str(spec), path, settings, llm)
+        llama_settings = asdict(settings)
+        llama_settings["n_threads"], llama_settings["n_threads_batch"] = settings.threads()
+        backend = open_backend(path, settings.n_ctx, llama_settings)
+        model = Model(None if spec is None else str(spec), path, settings, backend, backend.name)
         model.load_seconds = time.perf_counter() - start
         if reuse:
             _MODELS[key] = model
@@ -241,71 +195,3 @@ def _reporter(progress: bool | Callable[[str], None]) -> Callable[[str], None]:
     if progress:
         return lambda line: print(line, flush=True)
     return lambda line: None
-
-
-def loaded_models() -> list[Model]:
-    """Models loaded in this process."""
-    return list(_MODELS.values())
-
-
-def _open_llama(path: Path, settings: ModelSettings) -> llama_cpp.Llama:
-    n_ctx = settings.n_ctx or DEFAULT_N_CTX
-    kwargs = {k: v for k, v in asdict(settings).items() if k not in ("n_ctx", "type_k", "type_v")}
-    kwargs["n_threads"], kwargs["n_threads_batch"] = settings.threads()
-    _quiet_llama_log()
-    _LLAMA_LOG_RECENT.clear()
-    try:
-        llm = llama_cpp.Llama(
-            model_path=str(path),
-            n_ctx=n_ctx,
-            type_k=KV_TYPES[settings.type_k],
-            type_v=KV_TYPES[settings.type_v],
-            verbose=False,
-            **kwargs,
-        )
-    except (ValueError, RuntimeError) as exc:
-        reasons = [line.strip() for line in _LLAMA_LOG_RECENT if "error" in line.lower()]
-        why = f" ({'; '.join(reasons)})" if reasons else ""
-        raise ModelLoadError(
-            f"llama.cpp could not load {path}{why}. Is it a complete GGUF of an architecture "
-            f"llama-cpp-python {llama_cpp.__version__} supports? A partial download: delete it and fetch it again"
-        ) from exc
-    n_train = int(llm._model.n_ctx_train())
-    if settings.n_ctx is None and n_train < n_ctx:
-        # The default context is capped by what the model was trained for.
-        del llm
-        return _open_llama(path, replace(settings, n_ctx=n_train))
-    return llm
-
-
-# llama.cpp logs through one process-wide callback. Ours sends it to a logger (silent unless the user
-# configures logging) instead of stderr, and keeps the latest warnings and errors for error messages.
-LLAMA_LOGGER = logging.getLogger("lmchat_jupyter.llama")
-LLAMA_LOGGER.addHandler(logging.NullHandler())
-_LLAMA_LOG_RECENT: deque[str] = deque(maxlen=32)
-# ggml_log_level: NONE=0, DEBUG=1, INFO=2, WARN=3, ERROR=4, CONT=5 (continues the previous line).
-_GGML_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
-_llama_log_state = {"level": logging.DEBUG, "installed": False}
-
-
-def _on_llama_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    try:
-        # Level 5 continues the previous line; 0 carries no level.
-        py_level = _llama_log_state["level"] if level == 5 else _GGML_LEVELS.get(level, logging.DEBUG)
-        _llama_log_state["level"] = py_level
-        if py_level >= logging.WARNING:
-            _LLAMA_LOG_RECENT.append(text.decode("utf-8", "replace"))
-        if LLAMA_LOGGER.isEnabledFor(py_level):
-            LLAMA_LOGGER.log(py_level, "%s", text.decode("utf-8", "replace").rstrip("\n"))
-    except Exception:  # an exception cannot cross back into C
-        pass
-
-
-# Module-level so the C function pointer outlives every call llama.cpp makes through it.
-_LLAMA_LOG_CALLBACK = llama_cpp.llama_log_callback(_on_llama_log)
-
-
-def _quiet_llama_log() -> None:
-    if not _llama_log_state["installed"]:
-        llama_cpp.llama_log_set(_LLAMA_LOG_CALLBACK, ctypes.c_void_p(0))
-        _llama_log_state["installed"] = True

@@ -1,86 +1,76 @@
-"""Saving and restoring a Conversation's full session: history + KV state + model fingerprint."""
+"""A conversation's full session as bytes: history + engine state + KV state + model fingerprint, and back."""
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import math
 import mmap
 import os
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from . import interrupts, kvstate, session_format, signing
+from . import session_format, signing
+from ._version import __version__
 from .errors import HistoryFormatError, SessionCorruptError, SessionMismatchError, SessionNotFoundError
 from .history import ChatHistory
+from .kvcache import EngineState, KVCache, Progress
+from .models import Model
 from .safe_files import open_regular
 
-if TYPE_CHECKING:
-    from .conversation import Conversation, Progress
-    from .models import Model
-
-__all__ = ["session_chunks", "read_session", "compare_fingerprints", "saved_top_logits", "VERIFY_MODES"]
+__all__ = [
+    "session_chunks",
+    "open_session",
+    "SavedSession",
+    "load_into",
+    "compare_fingerprints",
+    "saved_top_logits",
+    "VERIFY_MODES",
+]
 
 VERIFY_MODES = ("auto", "always", "never")
 _TOP_K = 8
 
 
-def session_chunks(conv: Conversation) -> list[memoryview]:
-    """The bytes of ``conv``'s session, in order (``conv``'s tokens must be in the KV cache).
+def session_chunks(history: ChatHistory, model: Model, cache: KVCache) -> list[memoryview]:
+    """The bytes of a session, in order (``cache`` must be active).
 
-    The KV state is copied once, straight from llama.cpp into the buffer that gets written.
+    The KV state is copied once, straight from the backend into the buffer that gets written.
     """
-    from . import __version__
-
-    llm = conv.model.llm
-    state = conv._state
-    verify = _fresh_top_logits(conv)
+    state = cache.state
+    verify = cache.top_logits_for_save(_TOP_K)
     # np.empty, not bytearray(size): a bytearray is zero-filled first, touching every page before
     # llama.cpp writes it (about 0.2 s for the 190 MB of an 8k context).
-    size = kvstate.state_size(llm)
+    size = model.backend.state_size()
     kv = np.empty(size, dtype=np.uint8).data
-    written = kvstate.read_state_into(llm, kv)
+    written = model.backend.export_state(kv)
     if written != size:
         kv = kv[:written]
     engine = {"text": state.text, "checkpoints": state.checkpoints}
     header: dict[str, Any] = {
         "lmchat": __version__,
         "saved_at": time.time(),
-        "conversation_id": conv.history.conversation_id,
-        "model_spec": conv.model.spec,
+        "conversation_id": history.conversation_id,
+        "model_spec": model.spec,
         "n_tokens": len(state.tokens),
-        "compat": conv.model.fingerprint(),
+        "compat": model.fingerprint(),
         "verify": verify,
     }
     return session_format.build(
         header,
         [
-            ("history", conv.history.to_bytes()),
+            ("history", history.to_bytes()),
             ("engine", json.dumps(engine, ensure_ascii=False).encode("utf-8")),
             ("tokens", np.asarray(state.tokens, dtype="<i4").tobytes()),
             ("kv", kv),
         ],
         seal=signing.sign_header,
     )
-
-
-def _fresh_top_logits(conv: Conversation) -> list[list[float]] | None:
-    """The last position's best logits, re-decoding the last token if they are stale."""
-    llm = conv.model.llm
-    tokens = conv._state.tokens
-    if not tokens:
-        return None
-    if conv._pending_check is not None:
-        # A restored state not checked yet is saved as it was loaded: with the logits it came with.
-        return [[t, v] for t, v in conv._pending_check]
-    if not conv._logits_fresh and not conv._redecode_last():
-        conv._repair()  # the cache may be cut already: make it agree with the conversation again
-        return None
-    return [[t, v] for t, v in kvstate.last_logits_top(llm, _TOP_K)]
 
 
 def compare_fingerprints(saved: object, current: dict[str, Any]) -> dict[str, tuple[object, object]]:
@@ -91,22 +81,33 @@ def compare_fingerprints(saved: object, current: dict[str, Any]) -> dict[str, tu
     return {k: (saved.get(k), current.get(k)) for k in sorted(keys) if saved.get(k) != current.get(k)}
 
 
-def read_session(
-    cls: type[Conversation],
-    model: Model,
-    source: str | os.PathLike[str] | bytes | bytearray,
-    *,
-    verify: str = "auto",
-    use_kv: bool = True,
-    progress: Progress | None = None,
-    **kwargs: Any,
-) -> Conversation:
-    if verify not in VERIFY_MODES:
-        raise ValueError(f"verify={verify!r}; choose one of {VERIFY_MODES}")
+@dataclass
+class SavedSession:
+    """A parsed session that fits the model: its history, engine state, KV bytes and saved logits."""
+
+    source: str
+    history: ChatHistory
+    state: EngineState
+    kv: memoryview
+    verify: object
+    started: float
+
+
+@contextlib.contextmanager
+def open_session(model: Model, source: str | os.PathLike[str] | bytes | bytearray) -> Iterator[SavedSession]:
+    """Read and check a session for ``model``; its KV bytes stay readable inside the ``with`` block.
+
+    Raises :class:`SessionMismatchError` (carrying the history) for another model or settings,
+    :class:`SessionCorruptError` for damaged data and :class:`SessionNotFoundError` for a missing file.
+    """
+    start = time.perf_counter()
     if isinstance(source, (bytes, bytearray)):
-        return _restore_from_buffer(
-            cls, model, memoryview(source), "session bytes", source, verify, use_kv, progress, kwargs
-        )
+        saved = _parse(model, memoryview(source), "session bytes", start)
+        try:
+            yield saved
+        finally:
+            saved.kv.release()
+        return
     path = Path(source)
     try:
         # No size bound here: the file is mapped, not read, and only the bytes its checked header
@@ -127,24 +128,42 @@ def read_session(
     finally:
         os.close(fd)
     try:
-        return _restore_from_buffer(cls, model, memoryview(mapped), str(path), mapped, verify, use_kv, progress, kwargs)
+        saved = _parse(model, memoryview(mapped), str(path), start)
+        try:
+            yield saved
+        finally:
+            saved.kv.release()
     finally:
         with contextlib.suppress(BufferError):
             mapped.close()  # a view still alive elsewhere keeps the map until it is freed
 
 
-def _restore_from_buffer(
-    cls: type[Conversation],
-    model: Model,
-    view: memoryview,
-    source: str,
-    owner: bytes | bytearray | mmap.mmap,
-    verify: str,
-    use_kv: bool,
-    progress: Progress | None,
-    kwargs: dict[str, Any],
-) -> Conversation:
-    start = time.perf_counter()
+def load_into(cache: KVCache, saved: SavedSession, verify: str, use_kv: bool, progress: Progress | None) -> str:
+    """Put a saved session's state into ``cache`` (active, model lock held); returns how it was restored.
+
+    The KV bytes are used where the backend accepts them (checked at first use where ``verify`` asks);
+    otherwise the saved tokens are evaluated again: slower, same result.
+    """
+    loaded = use_kv and cache.load(saved.state, saved.kv)
+    note = "full session"
+    if loaded:
+        if _needs_verify(verify, cache.model):
+            check = saved_top_logits(saved.verify)
+            if check is None:
+                note = "session tokens (the session has no logits to verify its KV state against, so they were evaluated again)"
+                loaded = False
+            else:
+                cache.check_at_first_use(check)
+    elif use_kv:
+        note = "session tokens (llama.cpp refused the saved KV state, so they were evaluated again)"
+    else:
+        note = "session tokens (evaluated again, KV state not used)"
+    if not loaded:
+        cache.reevaluate(saved.state, progress)
+    return f"{note} from {saved.source} in {time.perf_counter() - saved.started:.3f} s"
+
+
+def _parse(model: Model, view: memoryview, source: str, started: float) -> SavedSession:
     try:
         parsed = session_format.parse(view, source)
     except SessionCorruptError as exc:
@@ -175,37 +194,7 @@ def _restore_from_buffer(
         state = _checked_engine_state(engine, tokens, model, source)
     except SessionCorruptError as exc:
         raise _with_history(exc, history) from None
-    kv_view = parsed.sections["kv"]
-    conv = cls(model, history=history, **kwargs)
-    with conv._turn_lock, model.lock, interrupts.held():
-        conv._activate()
-        loaded = False
-        if use_kv and state.tokens and len(kv_view):
-            address = _address(owner, parsed.offsets["kv"])
-            loaded = kvstate.load_state(model.llm, address, len(kv_view), state.tokens)
-        kv_view.release()
-        note = "full session"
-        if loaded:
-            conv._state = state
-            conv._logits_fresh = False
-            if _needs_verify(verify, model):
-                check = saved_top_logits(parsed.header.get("verify"))
-                if check is None:
-                    note = "session tokens (the session has no logits to verify its KV state against, so they were evaluated again)"
-                    loaded = False
-                else:
-                    # Checked at its first use (Conversation._check_restored), not here.
-                    conv._pending_check = check
-        elif use_kv:
-            note = "session tokens (llama.cpp refused the saved KV state, so they were evaluated again)"
-        else:
-            note = "session tokens (evaluated again, KV state not used)"
-        if not loaded:
-            conv._reevaluate(state, progress)
-    conv.history.token_count = len(conv._state.tokens)
-    conv.restored_from = f"{note} from {source} in {time.perf_counter() - start:.3f} s"
-    conv._emit("restored", text=conv.restored_from)
-    return conv
+    return SavedSession(source, history, state, parsed.sections["kv"], parsed.header.get("verify"), started)
 
 
 def _with_history(exc: SessionCorruptError, history: ChatHistory) -> SessionCorruptError:
@@ -239,9 +228,7 @@ def _short(value: object) -> str:
     return text[:12] + "…" if len(text) > 16 else text
 
 
-def _checked_engine_state(engine: object, tokens: list[int], model: Model, source: str) -> Any:
-    from .conversation import EngineState
-
+def _checked_engine_state(engine: object, tokens: list[int], model: Model, source: str) -> EngineState:
     def corrupt(why: str) -> SessionCorruptError:
         return SessionCorruptError(f"{source}: {why}; the session was not loaded")
 
@@ -249,7 +236,7 @@ def _checked_engine_state(engine: object, tokens: list[int], model: Model, sourc
         raise corrupt("its engine section is malformed")
     if len(tokens) > model.n_ctx:
         raise corrupt(f"it holds {len(tokens):,} tokens, more than n_ctx={model.n_ctx:,}")
-    n_vocab = model.llm.n_vocab()
+    n_vocab = model.backend.n_vocab
     if tokens and (min(tokens) < 0 or max(tokens) >= n_vocab):
         raise corrupt("it holds token ids outside the model's vocabulary")
     text = engine["text"]
@@ -267,16 +254,6 @@ def _checked_engine_state(engine: object, tokens: list[int], model: Model, sourc
     if checkpoints[0] != (0, 0):
         checkpoints.insert(0, (0, 0))
     return EngineState(tokens, text, checkpoints)
-
-
-def _address(owner: bytes | bytearray | mmap.mmap, offset: int) -> int:
-    if isinstance(owner, bytes):
-        base = ctypes.cast(ctypes.c_char_p(owner), ctypes.c_void_p).value or 0
-        return base + offset
-    anchor = ctypes.c_char.from_buffer(owner, offset)
-    address = ctypes.addressof(anchor)
-    del anchor
-    return address
 
 
 def _needs_verify(mode: str, model: Model) -> bool:

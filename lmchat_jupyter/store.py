@@ -10,12 +10,12 @@ alone when the session is absent, foreign or damaged.
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from . import embedded_chats, folder_share, restoring, sidecar_space, signing
 from .atomic import atomic_write
+from .autosave import BackgroundSaver
 from .conversation import Conversation, Progress
 from .errors import LmchatError, StorageError
 from .events import ConversationEvent
@@ -55,9 +55,7 @@ class ChatStore:
         self.active = DEFAULT_NAME
         self.statuses: dict[str, str] = {}
         self._unsubscribe: dict[str, Callable[[], None]] = {}
-        self._pending: set[str] = set()
-        self._saving = threading.Condition()
-        self._worker: threading.Thread | None = None
+        self._saver = BackgroundSaver(self.save, self._save_failed)
         self._closed = False
         self.last_save_error: str | None = None
         #: Histories from the notebook's metadata, evaluated when their conversation is first used.
@@ -281,32 +279,7 @@ class ChatStore:
     def _schedule(self, name: str) -> None:
         if not (self.autosave and self.sidecar.writable) or self._closed:
             return
-        with self._saving:
-            self._pending.add(name)
-            if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(target=self._save_loop, name="lmchat-autosave", daemon=True)
-                self._worker.start()
-            self._saving.notify_all()
-
-    def _save_loop(self) -> None:
-        try:
-            while True:
-                with self._saving:
-                    if not self._pending:
-                        self._worker = None
-                        self._saving.notify_all()
-                        return
-                    name = self._pending.pop()
-                try:
-                    self.save(name)
-                except Exception as exc:  # noqa: BLE001 - reported; the next save may succeed
-                    self._save_failed(f"{type(exc).__name__}: {exc}")
-        except BaseException:
-            # A dead worker must not leave flush() (and so the kernel's shutdown) waiting for it.
-            with self._saving:
-                self._worker = None
-                self._saving.notify_all()
-            raise
+        self._saver.schedule(name)
 
     def save(self, name: str, path: Path | None = None) -> bool:
         """Save ``name``'s full session now (to its sidecar file unless ``path`` is given)."""
@@ -332,8 +305,7 @@ class ChatStore:
 
     def flush(self, timeout: float = 60.0) -> None:
         """Wait until every scheduled save is on disk."""
-        with self._saving:
-            self._saving.wait_for(lambda: not self._pending and self._worker is None, timeout=timeout)
+        self._saver.flush(timeout)
 
     def close(self) -> None:
         """Save everything and release the folder (kernel shutdown, restart, SIGTERM)."""

@@ -96,7 +96,8 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
         self._open(self.name)
         self._store.adopt_listeners.append(self._adopted)
         cell = self._state.cell_id
-        if cell is not None:  # its output was replaced: the old widget would only keep listening
+        if cell is not None:
+            # A widget shown again by the same cell replaces the one there; closed, it stops listening.
             old = _BY_CELL.pop(cell, None)
             if old is not None:
                 old.close()

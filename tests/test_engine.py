@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from lmchat_jupyter import (
+    AutoSave,
     ChatHistory,
     ContextOverflowError,
     Conversation,
@@ -142,6 +143,21 @@ def test_two_conversations_share_one_model(model: Model) -> None:
     assert second.text == reference.submit(PROMPTS[1], **GREEDY).text
 
 
+def test_a_fork_goes_on_from_the_same_kv_state(model: Model) -> None:
+    conv = chat(model, PROMPTS[:1])
+    other = Conversation(model, system="You are a bystander.")  # takes the model: the fork starts parked
+    twin = conv.fork()
+    other.submit("Say yes.", **GREEDY)
+    assert twin.history.conversation_id != conv.history.conversation_id
+    assert [m.content for m in twin.history] == [m.content for m in conv.history]
+    held = conv.info.token_count
+    forked = twin.submit(PROMPTS[1], **GREEDY)
+    assert forked.cached_tokens == held  # nothing of the shared past was evaluated again
+    original = conv.submit(PROMPTS[1], **GREEDY)
+    assert (original.text, original.cached_tokens) == (forked.text, forked.cached_tokens)
+    assert len(conv.history) == len(twin.history) == 5
+
+
 def test_errors_say_what_to_do(model: Model, tmp_path: Path) -> None:
     with pytest.raises(NothingToSaveError, match="send a message"):
         Conversation(model).save(tmp_path / "x.lmsession")
@@ -220,17 +236,21 @@ def test_a_message_that_is_not_unicode_text_is_refused_and_leaves_no_trace(model
 def test_autosave_writes_every_n_turns_and_close_writes_the_rest(model: Model, tmp_path: Path) -> None:
     path = tmp_path / "auto.lmsession"
     saved: list[str] = []
-    conv = Conversation(model, system="You are terse.", autosave=path, autosave_every=2)
+    conv = Conversation(model, system="You are terse.")
     conv.subscribe(lambda event: saved.append(event.text) if event.kind == "saved" else None)
+    saver = AutoSave(conv, path, every=2)
     conv.submit(PROMPTS[0], **GREEDY)
-    conv.close()  # one unsaved turn: written now
+    saver.flush()
+    assert saved == [] and not path.exists()  # one turn of two
+    saver.close()  # one unsaved turn: written now
     assert saved == [str(path)]
     first = Conversation.restore(model, path)
     assert [m.content for m in first.history] == [m.content for m in conv.history]
 
+    saver = AutoSave(conv, path, every=2)
     conv.submit(PROMPTS[1], **GREEDY)
     conv.submit(PROMPTS[2], **GREEDY)  # the second turn since the last save: written in the background
-    conv.close()  # waits for that write; nothing else is left to save
+    saver.close()  # waits for that write; nothing else is left to save
     assert saved == [str(path), str(path)]
     restored = Conversation.restore(model, path)
     assert [m.content for m in restored.history] == [m.content for m in conv.history]

@@ -202,11 +202,7 @@ export class NotebookLink {
   /** Store the kernel's history in the notebook; the notebook turns dirty. */
   private setMetadata(value: unknown): void {
     const model = this.context.model;
-    if (value === null) {
-      if (model.getMetadata(METADATA_KEY) !== undefined) {
-        model.deleteMetadata(METADATA_KEY);
-      }
-    } else if (!isPlainObject(value) || value.format !== FORMAT) {
+    if (!isPlainObject(value) || value.format !== FORMAT) {
       console.warn('lmchat: ignoring invalid notebook metadata', value);
     } else {
       // JSONExt.deepEqual throws on undefined: compare only with a value that is there.

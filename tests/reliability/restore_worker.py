@@ -47,11 +47,11 @@ def kv_agrees(conv: Conversation) -> str | None:
     """None when the model's KV cache holds exactly the conversation's tokens; else what is off."""
     model = conv.model
     llm = model.llm
-    n = len(conv._state.tokens)
+    n = len(conv.cache.tokens)
     memory = llama_cpp.llama_get_memory(llm.ctx)
     lo = int(llama_cpp.llama_memory_seq_pos_min(memory, 0))
     hi = int(llama_cpp.llama_memory_seq_pos_max(memory, 0))
-    if model.owner is not conv:
+    if model.owner is not conv.cache:
         return "the conversation does not own the model's cache"
     if llm.n_tokens != n:
         return f"llama-cpp-python counts {llm.n_tokens} tokens, the conversation {n}"
@@ -87,7 +87,7 @@ def restore_one(model: Model, source: Path | bytes, verify: str) -> dict[str, An
         "outcome": "restored",
         "note": conv.restored_from,
         "history": history_key(conv.history),
-        "tokens": len(conv._state.tokens),
+        "tokens": len(conv.cache.tokens),
         "agrees": kv_agrees(conv),
     }
     try:

@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from lmchat_jupyter import ChatHistory, Conversation, Model, ModelSettings, SessionMismatchError, kvstate, load_model
+from lmchat_jupyter import ChatHistory, Conversation, Model, ModelSettings, SessionMismatchError, load_model
+from lmchat_jupyter.llama_local import positions
 
 from .forge import reseal, split
 
@@ -80,7 +81,7 @@ def refused_and_continued(lab: Lab, blob: bytes, history: ChatHistory, target_na
     target = lab.model(target_name)
     bystander = Conversation(target, system="You are a bystander.")
     bystander.submit("Say yes.", **GREEDY)
-    before = (kvstate.positions(target.llm), list(bystander._state.tokens))
+    before = (positions(target.llm), list(bystander.cache.tokens))
 
     with pytest.raises(SessionMismatchError) as info:
         Conversation.restore(target, blob)
@@ -94,8 +95,8 @@ def refused_and_continued(lab: Lab, blob: bytes, history: ChatHistory, target_na
     assert "from_history" in message
 
     # Nothing reached llama.cpp: the live conversation's cache is as it was, and it goes on from it.
-    assert target.owner is bystander
-    assert (kvstate.positions(target.llm), bystander._state.tokens) == before
+    assert target.owner is bystander.cache
+    assert (positions(target.llm), bystander.cache.tokens) == before
     assert bystander.submit("Say no.", **GREEDY).cached_tokens >= len(before[1])
 
     assert isinstance(error.history, ChatHistory)

@@ -33,7 +33,8 @@ import llama_cpp
 import pytest
 
 import lmchat_jupyter
-from lmchat_jupyter import Conversation, Model, kvstate, load_model
+from lmchat_jupyter import Conversation, Model, load_model
+from lmchat_jupyter.llama_local import positions
 
 SYSTEM = "You are a helpful assistant. Answer briefly."
 FIRST = "My name is Ada and I like red apples."
@@ -92,7 +93,7 @@ class References:
                 conv.submit(SECOND, max_tokens=k, **GREEDY)
             history = contents(conv)
             answer = conv.submit(THIRD, max_tokens=6, **GREEDY).text
-            self._cache[k] = (history, answer, list(conv._state.tokens))
+            self._cache[k] = (history, answer, list(conv.cache.tokens))
         return self._cache[k]
 
 
@@ -103,9 +104,9 @@ def refs(chat_model: Model) -> References:
 
 def cache_problem(conv: Conversation) -> str | None:
     llm = conv.model.llm
-    n = len(conv._state.tokens)
-    low, high = kvstate.positions(llm)
-    if conv.model.owner is conv and (llm.n_tokens != n or high != n - 1 or (n and low != 0)):
+    n = len(conv.cache.tokens)
+    low, high = positions(llm)
+    if conv.model.owner is conv.cache and (llm.n_tokens != n or high != n - 1 or (n and low != 0)):
         return (
             f"the cache holds positions {low}..{high} and llama-cpp-python counts {llm.n_tokens}; the conversation {n}"
         )
@@ -131,7 +132,7 @@ def judge(conv: Conversation, refs: References) -> str | None:
     if answer not in expected:
         return f"the next answer {answer!r} differs from {expected} (second turn of {matches} tokens)"
     # The same answer can come from a different context: the cache must hold the very same tokens.
-    if not any(refs.of(k)[2] == conv._state.tokens for k in matches):
+    if not any(refs.of(k)[2] == conv.cache.tokens for k in matches):
         return f"after the next turn the cache holds other tokens than an uninterrupted conversation's ({matches})"
     return None
 
@@ -279,16 +280,16 @@ def interrupt_at_source(conv: Conversation, target: tuple[str, int]) -> bool:
 
 #: Places where an interrupt once left the history and the cache disagreeing, or the turn half recorded.
 WINDOWS = [
-    ('self._emit("turn_started", user)', 1),  # the user message added, its answer not begun
-    ("sampler = llm._init_sampler(", 1),  # the prompt evaluated, the sampler not set up
-    ("self._state.tokens.extend(chunk)", 2),  # the second prompt batch evaluated, not recorded
+    ('hooks.emit("turn_started", user)', 1),  # the user message added, its answer not begun
+    ("sample = backend.sampler(opts)", 1),  # the prompt evaluated, the sampler not set up
+    ("self.state.tokens.extend(chunk)", 2),  # the second prompt batch evaluated, not recorded
     ("state.text += new_text", 1),  # the whole prompt evaluated, its text not recorded
-    ("self._state.tokens.append(token)", 2),  # a token in the cache, not yet in the records
+    ("self.state.tokens.append(token)", 2),  # a token in the cache, not yet in the records
     ("generated += 1", 2),  # a token recorded, not yet counted or decoded
-    ("self._state.text += piece", 2),  # a token decoded, its text not recorded
+    ("cache.state.text += piece", 2),  # a token decoded, its text not recorded
     ('answer = Message("assistant", text', 1),  # the turn's closing bookkeeping
-    ("self.history.messages.append(answer)", 1),
-    ("after:conv._turn_lock", 1),  # the turn lock taken, its release not yet guaranteed
+    ("history.messages.append(answer)", 1),
+    ("after:interrupts.acquire(self._turn_lock)", 1),  # the turn lock taken, its release not yet guaranteed
 ]
 
 

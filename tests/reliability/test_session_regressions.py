@@ -21,8 +21,8 @@ from lmchat_jupyter import (
     Model,
     SessionCorruptError,
     SessionMismatchError,
-    kvstate,
 )
+from lmchat_jupyter.llama_local import positions
 from lmchat_jupyter.session_format import read_header
 
 from .forge import KvLayout, Layout, forge, patch, reseal, split
@@ -45,8 +45,8 @@ def next_answer(conv: Conversation) -> str:
 
 
 def cache_agrees(conv: Conversation) -> bool:
-    low, high = kvstate.positions(conv.model.llm)
-    n = len(conv._state.tokens)
+    low, high = positions(conv.model.llm)
+    n = len(conv.cache.tokens)
     return conv.model.llm.n_tokens == n and high == n - 1 and low == 0
 
 
@@ -117,7 +117,7 @@ def test_tokens_that_disagree_with_the_kv_state_are_evaluated_again(
         blob = reseal(layout, {"tokens": forged.astype("<i4").tobytes()})
         restored = Conversation.restore(model, blob)
         assert restored.restored_from is not None and "refused" in restored.restored_from
-        assert len(restored._state.tokens) == len(forged)
+        assert len(restored.cache.tokens) == len(forged)
         assert cache_agrees(restored)
         assert next_answer(restored)
         assert cache_agrees(restored)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from lmchat_jupyter import ChatHistory, Conversation, Model, kvstate, load_model
+from lmchat_jupyter import ChatHistory, Conversation, Model, load_model
+from lmchat_jupyter.llama_local import positions
 
 GREEDY = {"temperature": 0.0, "max_tokens": 8}
 FACTS = (
@@ -28,7 +29,7 @@ def gemma_model(gemma_file: Path, swa_full: bool, reuse: bool = True) -> Model:
 
 
 def top(model: Model) -> dict[int, float]:
-    return dict(kvstate.last_logits_top(model.llm, 8))
+    return dict(model.backend.top_logits(8))
 
 
 def close(a: dict[int, float], b: dict[int, float]) -> bool:
@@ -39,8 +40,8 @@ def close(a: dict[int, float], b: dict[int, float]) -> bool:
 
 def covers(conv: Conversation) -> bool:
     """The cache holds the conversation's tokens and the window before the next position."""
-    n = len(conv._state.tokens)
-    low, high = kvstate.positions(conv.model.llm)
+    n = len(conv.cache.tokens)
+    low, high = positions(conv.model.llm)
     return high == n - 1 and (n == 0 or 0 <= low <= max(0, n - conv.model.n_swa + 1))
 
 
@@ -65,7 +66,7 @@ def reference_after(model: Model, history: ChatHistory) -> dict[int, float]:
 
 def rewind_and_compare(conv: Conversation, reference_model: Model) -> None:
     conv.rewind(2)  # back to the first turn, before the window's start
-    assert covers(conv), (len(conv._state.tokens), kvstate.positions(conv.model.llm))
+    assert covers(conv), (len(conv.cache.tokens), positions(conv.model.llm))
     kept = conv.history.copy()
     conv.submit(QUESTION, max_tokens=1, temperature=0.0)
     rewound = top(conv.model)
@@ -79,7 +80,7 @@ def test_rewinding_a_restored_conversation_past_the_window(gemma_file: Path) -> 
     blob = long_chat(model).save()
     assert blob is not None
     restored = Conversation.restore(model, blob)
-    low, _ = kvstate.positions(model.llm)
+    low, _ = positions(model.llm)
     assert low > 0  # the saved state held the window only, although the cache is "full"
     rewind_and_compare(restored, gemma_model(gemma_file, swa_full=True, reuse=False))
 
@@ -88,7 +89,7 @@ def test_rewinding_a_live_windowed_cache_past_the_window(gemma_file: Path) -> No
     model = gemma_model(gemma_file, swa_full=False)
     # Without swa_full the window cache holds n_swa + n_batch cells: it drops old ones past 1024 tokens.
     conv = long_chat(model, long_turns=2)
-    assert kvstate.positions(model.llm)[0] > 0
+    assert positions(model.llm)[0] > 0
     rewind_and_compare(conv, gemma_model(gemma_file, swa_full=True, reuse=False))
 
 

@@ -1,0 +1,79 @@
+"""The seam between the conversation engine and a model runtime: one sequence of tokens, held by the runtime.
+
+The engine (``kvcache``, ``conversation``, ``session``, ``rendering``) talks to a runtime only through
+:class:`Backend`; ``llama_local.LlamaBackend`` implements it on llama.cpp in this process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from .results import GenerationOptions
+
+__all__ = ["Backend", "CacheOwner", "Sampler"]
+
+#: Picks the next token from the logits of the last evaluated position.
+Sampler = Callable[[], int]
+
+
+class Backend(Protocol):
+    """A runtime that holds one sequence's KV cache: positions ``0 .. n-1`` for the tokens evaluated so far."""
+
+    @property
+    def n_ctx(self) -> int:
+        """How many positions the sequence can hold."""
+
+    @property
+    def n_batch(self) -> int:
+        """The most tokens one :meth:`evaluate` call takes."""
+
+    @property
+    def n_vocab(self) -> int:
+        """Token ids run from 0 to ``n_vocab - 1``."""
+
+    def describe(self) -> dict[str, Any]:
+        """The compatibility fingerprint: everything a saved state depends on (model file, settings, versions)."""
+
+    def format_chat(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+        """The messages rendered with the model's chat template."""
+
+    def tokenize(self, text: str) -> list[int]:
+        """Tokens of ``text``, special tokens parsed, no BOS added (the template writes its own)."""
+
+    def detokenize(self, tokens: Sequence[int], special: bool = False) -> bytes:
+        """The bytes the tokens stand for (special tokens written out with ``special``)."""
+
+    def evaluate(self, tokens: Sequence[int]) -> None:
+        """Append ``tokens`` (at most ``n_batch``) to the sequence; the logits of the last one become current."""
+
+    def sampler(self, options: GenerationOptions) -> Sampler:
+        """A sampler with these settings (its seed set), reading the current logits."""
+
+    def is_end(self, token: int) -> bool:
+        """Whether ``token`` ends a turn (end of generation)."""
+
+    def cut(self, n_tokens: int) -> bool:
+        """Keep the first ``n_tokens`` positions; False if what is left is unusable (then :meth:`clear`)."""
+
+    def clear(self) -> None:
+        """Empty the sequence."""
+
+    def top_logits(self, k: int) -> list[tuple[int, float]]:
+        """The ``k`` best (token, logit) pairs of the last evaluated position, best first."""
+
+    def state_size(self) -> int:
+        """Bytes :meth:`export_state` needs."""
+
+    def export_state(self, buffer: bytearray | memoryview, offset: int = 0) -> int:
+        """Copy the sequence's state into ``buffer[offset:]``; returns the bytes written."""
+
+    def import_state(self, data: bytes | memoryview, tokens: Sequence[int]) -> bool:
+        """Load a state exported for ``tokens`` into the emptied sequence; False (sequence empty) if refused."""
+
+
+class CacheOwner(Protocol):
+    """Whoever's tokens a backend holds now; asked to keep them aside before another takes the backend."""
+
+    def park(self) -> None:
+        """Copy the tokens' state out of the backend, to bring it back later."""

@@ -1,0 +1,100 @@
+"""Opening a GGUF with llama.cpp: settings to ``Llama`` arguments, clear load errors, llama.cpp's log routed.
+
+With ``llama_local`` the only module that calls llama-cpp-python.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+
+from . import _llama_env
+from .errors import ModelLoadError
+from .llama_local import LlamaBackend
+
+__all__ = ["open_backend", "barriers_sleep", "gpu_offload", "KV_TYPES", "DEFAULT_N_CTX", "LLAMA_LOGGER"]
+
+#: KV cache types a user may name, mapped to ggml's type ids.
+KV_TYPES = {"f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "bf16": 30}
+DEFAULT_N_CTX = 8192
+
+
+def open_backend(path: Path, n_ctx: int | None, settings: dict[str, Any]) -> LlamaBackend:
+    """Load ``path`` with ``n_ctx`` positions (None: the default, capped by the model's training context)
+    and ``settings`` (ModelSettings' fields, the thread counts resolved); raises ModelLoadError."""
+    size = n_ctx or DEFAULT_N_CTX
+    kwargs = {k: v for k, v in settings.items() if k not in ("n_ctx", "type_k", "type_v")}
+    _quiet_llama_log()
+    _LLAMA_LOG_RECENT.clear()
+    try:
+        llm = llama_cpp.Llama(
+            model_path=str(path),
+            n_ctx=size,
+            type_k=KV_TYPES[settings["type_k"]],
+            type_v=KV_TYPES[settings["type_v"]],
+            verbose=False,
+            **kwargs,
+        )
+    except (ValueError, RuntimeError) as exc:
+        reasons = [line.strip() for line in _LLAMA_LOG_RECENT if "error" in line.lower()]
+        why = f" ({'; '.join(reasons)})" if reasons else ""
+        raise ModelLoadError(
+            f"llama.cpp could not load {path}{why}. Is it a complete GGUF of an architecture "
+            f"llama-cpp-python {llama_cpp.__version__} supports? A partial download: delete it and fetch it again"
+        ) from exc
+    n_train = int(llm._model.n_ctx_train())
+    if n_ctx is None and n_train < size:
+        # The default context is capped by what the model was trained for.
+        del llm
+        return open_backend(path, n_train, settings)
+    kv_settings = {k: settings[k] for k in ("type_k", "type_v", "flash_attn", "swa_full")}
+    return LlamaBackend(llm, path, kv_settings)
+
+
+def gpu_offload() -> bool:
+    """Whether this llama-cpp-python was built with a GPU backend (CUDA, Metal, …)."""
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def barriers_sleep() -> bool:
+    """Whether llama.cpp's waiting threads sleep rather than spin (so extra threads cannot stall it)."""
+    openmp = b"OPENMP = 1" in llama_cpp.llama_print_system_info()
+    return openmp and _llama_env.wait_policy_passive()
+
+
+# llama.cpp logs through one process-wide callback. Ours sends it to a logger (silent unless the user
+# configures logging) instead of stderr, and keeps the latest warnings and errors for error messages.
+LLAMA_LOGGER = logging.getLogger("lmchat_jupyter.llama")
+LLAMA_LOGGER.addHandler(logging.NullHandler())
+_LLAMA_LOG_RECENT: deque[str] = deque(maxlen=32)
+# ggml_log_level: NONE=0, DEBUG=1, INFO=2, WARN=3, ERROR=4, CONT=5 (continues the previous line).
+_GGML_LEVELS = {1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_llama_log_state = {"level": logging.DEBUG, "installed": False}
+
+
+def _on_llama_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    try:
+        # Level 5 continues the previous line; 0 carries no level.
+        py_level = _llama_log_state["level"] if level == 5 else _GGML_LEVELS.get(level, logging.DEBUG)
+        _llama_log_state["level"] = py_level
+        if py_level >= logging.WARNING:
+            _LLAMA_LOG_RECENT.append(text.decode("utf-8", "replace"))
+        if LLAMA_LOGGER.isEnabledFor(py_level):
+            LLAMA_LOGGER.log(py_level, "%s", text.decode("utf-8", "replace").rstrip("\n"))
+    except Exception:  # an exception cannot cross back into C
+        pass
+
+
+# Module-level so the C function pointer outlives every call llama.cpp makes through it.
+_LLAMA_LOG_CALLBACK = llama_cpp.llama_log_callback(_on_llama_log)
+
+
+def _quiet_llama_log() -> None:
+    if not _llama_log_state["installed"]:
+        llama_cpp.llama_log_set(_LLAMA_LOG_CALLBACK, ctypes.c_void_p(0))
+        _llama_log_state["installed"] = True
