@@ -166,7 +166,7 @@ def test_errors_say_what_to_do(model: Model, tmp_path: Path) -> None:
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         load_model(tmp_path / "nope.gguf")
     (tmp_path / "dir.lmsession").mkdir()
-    with pytest.raises(SessionCorruptError, match="directory"):
+    with pytest.raises(SessionCorruptError, match="it is a folder"):
         Conversation.restore(model, tmp_path / "dir.lmsession")
     (tmp_path / "empty.lmsession").write_bytes(b"")
     with pytest.raises(SessionCorruptError, match="empty"):
