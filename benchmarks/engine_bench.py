@@ -157,7 +157,7 @@ def _at_length(model: Model, n_tokens: int, cfg: Config, log: Any) -> LengthResu
     start = time.perf_counter()
     conv = Conversation.from_history(model, history)
     reprefill_history = first_token(conv) - start
-    conv.rewind(len(history))
+    conv.rewind_to(len(history))
     conv.prefill()  # the opening of the next user message, which a live answer is followed by
     tokens = conv.info.token_count
     log(f"  {tokens} tokens: from_history re-prefill {reprefill_history:.2f} s")
@@ -389,7 +389,7 @@ def _small_sessions(spec: str | None, cfg: Config, res: ModelResult, log: Any) -
     start = time.perf_counter()
     conv = Conversation.from_history(model, history)
     reprefill = first_token(conv) - start
-    conv.rewind(len(history))
+    conv.rewind_to(len(history))
     conv.prefill()
     session = cfg.workdir / f"{_slug(model)}-q8.lmsession"
     conv.save(session)

@@ -1,6 +1,6 @@
 """Conversation: a multi-turn chat on a loaded model, with prefix reuse, rewind, streaming and sessions.
 
-The turn loop, rewind, fork and the persistence entry points are here; the history as the model sees
+The turn loop, rewind_to / drop_turns, fork and the persistence entry points are here; the history as the model sees
 it is :mod:`context`'s job, the tokens the model's backend holds :mod:`kvcache`'s, and the session bytes
 :mod:`session`'s. Saving in the background as a conversation changes is :mod:`autosave`'s.
 """
@@ -172,15 +172,18 @@ class Conversation:
         last_user = max((i for i, m in enumerate(self.history) if m.role == "user"), default=None)
         if last_user is None:
             raise LmchatError("there is no user message to answer again")
-        self.rewind(last_user + 1)
+        self.rewind_to(last_user + 1)
         opts = replace(self.options, **options)
         cell_id = self.history[last_user].cell_id
         return StreamingTurn(lambda turn: self._turn(turn, None, cell_id, opts, True))
 
     # --- history edits --------------------------------------------------------------------------
 
-    def rewind(self, n_messages: int) -> None:
-        """Keep only the first ``n_messages`` messages; the KV prefix of what remains is kept."""
+    def rewind_to(self, n_messages: int) -> None:
+        """Keep the first ``n_messages`` messages and drop the rest; the KV prefix of what remains is kept.
+
+        ``rewind_to(i)`` goes back to just before message ``i``. The system prompt always stays.
+        """
         if not 0 <= n_messages <= len(self.history):
             raise ValueError(f"rewind to {n_messages} messages: the conversation has {len(self.history)}")
         with self._turn_lock, self.model.lock, interrupts.held():
@@ -204,9 +207,21 @@ class Conversation:
             twin.context.cache = self.cache.copy(twin._restored_state_failed)
         return twin
 
+    def drop_turns(self, n_turns: int) -> int:
+        """Drop the last ``n_turns`` turns (a user message and its answer each), as ``%chat rewind N`` does.
+
+        Dropping more turns than there are leaves the system prompt alone. Returns the turns left.
+        """
+        if n_turns < 0:
+            raise ValueError(f"drop {n_turns} turns: the number of turns to drop is 0 or more")
+        users = [i for i, m in enumerate(self.history) if m.role == "user"]
+        if n_turns and users:
+            self.rewind_to(users[-min(n_turns, len(users))])
+        return self.history.user_message_count
+
     def clear(self) -> None:
         """Forget every message but the system prompt."""
-        self.rewind(0)
+        self.rewind_to(0)
         self._emit("cleared")
 
     # --- the context ----------------------------------------------------------------------------

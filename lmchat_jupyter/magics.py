@@ -193,7 +193,7 @@ class ChatMagics(Magics):
             return
         if decision.action == "rewind":
             assert decision.index is not None
-            conv.rewind(decision.index)
+            conv.rewind_to(decision.index)
         options = {
             key: value
             for key, value in (("temperature", args.temperature), ("max_tokens", args.max_tokens), ("seed", args.seed))
@@ -263,10 +263,7 @@ class ChatMagics(Magics):
         elif command == "rewind":
             if args.turns < 0:
                 raise UsageError("%chat rewind N: N is the number of turns to drop, 0 or more")
-            users = [i for i, m in enumerate(conv.history) if m.role == "user"]
-            keep = users[-args.turns] if 0 < args.turns <= len(users) else (users[0] if users else len(conv.history))
-            conv.rewind(keep if args.turns else len(conv.history))
-            print(f"lmchat: {conv.info.user_message_count} turns left")
+            print(f"lmchat: {conv.drop_turns(args.turns)} turns left")
         elif command == "save":
             path = Path(args.path) if args.path else store.sidecar.session_path(store.active)
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -117,7 +117,7 @@ class PanelChannel:
             conv = kernel.chats().store.get(name)
             self.listen()
             if action == "edit":
-                conv.rewind(_user_index(conv.history, message_id))
+                conv.rewind_to(_user_index(conv.history, message_id))
             turn = conv.regenerate() if action == "regenerate" else conv.stream(text, cell_id=WIDGET_CELL_ID)
             for _ in turn:
                 pass

@@ -85,7 +85,7 @@ def test_full_session_restores_without_reprefill(model: Model, fresh_model: Mode
 
     from_bytes = Conversation.restore(fresh_model, blob)
     from_history = Conversation.from_history(fresh_model, live.history.copy())
-    from_history.rewind(len(from_bytes.history))
+    from_history.rewind_to(len(from_bytes.history))
     a = from_bytes.submit("Repeat my name.", **GREEDY)
     b = from_history.submit("Repeat my name.", **GREEDY)
     assert a.text == expected.text == b.text
@@ -107,13 +107,27 @@ def test_history_only_round_trip(model: Model, tmp_path: Path) -> None:
 def test_rewind_keeps_the_prefix_and_answers_the_same(model: Model) -> None:
     conv = chat(model)
     answer_two = conv.history[4].content
-    conv.rewind(3)  # system, user 1, assistant 1
+    conv.rewind_to(3)  # system, user 1, assistant 1
     assert conv.info.message_count == 3
     again = conv.submit(PROMPTS[1], **GREEDY)
     assert again.text == answer_two
     assert again.cached_tokens > 0 and again.prompt_tokens < 30
     conv.clear()
     assert conv.info.message_count == 1 and conv.history.system is not None
+
+
+def test_drop_turns_counts_turns_and_rewind_to_counts_messages(model: Model) -> None:
+    """One meaning per name: drop_turns(n) is `%chat rewind N`; rewind_to(n) keeps the first n messages."""
+    assert not hasattr(Conversation, "rewind")
+    conv = chat(model)  # system + 3 turns
+    kept = [m.id for m in conv.history]
+    assert conv.drop_turns(0) == 3 and [m.id for m in conv.history] == kept
+    assert conv.drop_turns(1) == 2 and [m.id for m in conv.history] == kept[:5]
+    conv.rewind_to(3)  # system, user 1, assistant 1
+    assert [m.id for m in conv.history] == kept[:3]
+    assert conv.drop_turns(5) == 0 and [m.id for m in conv.history] == kept[:1]
+    with pytest.raises(ValueError, match="0 or more"):
+        conv.drop_turns(-1)
 
 
 def test_stop_keeps_a_consistent_partial_answer(model: Model) -> None:

@@ -65,7 +65,7 @@ def reference_after(model: Model, history: ChatHistory) -> dict[int, float]:
 
 
 def rewind_and_compare(conv: Conversation, reference_model: Model) -> None:
-    conv.rewind(2)  # back to the first turn, before the window's start
+    conv.rewind_to(2)  # back to the first turn, before the window's start
     assert covers(conv), (len(conv.cache.tokens), positions(conv.model.llm))
     kept = conv.history.copy()
     conv.submit(QUESTION, max_tokens=1, temperature=0.0)
