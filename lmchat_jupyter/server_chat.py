@@ -80,6 +80,7 @@ class ServerChat:
             "tier": self.tier.kind,
             "fingerprint": self.tier.fingerprint,
             "slot_file": self.slot_file if self.slot_saved else None,
+            "n_tokens": self.history.token_count,
             "history": self.history.to_json(),
         }
 
@@ -93,6 +94,8 @@ class ServerChat:
         if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
             raise LmchatError(f"not a server conversation record of format {RECORD_FORMAT}")
         chat = cls(url or str(record["url"]), history=ChatHistory.from_json(record["history"]), api_key=api_key)
+        n_tokens = record.get("n_tokens")
+        chat.history.token_count = n_tokens if isinstance(n_tokens, int) and n_tokens >= 0 else 0
         found = record.get("fingerprint")
         saved: dict[str, Any] = found if isinstance(found, dict) else {}
         slot_file = record.get("slot_file")

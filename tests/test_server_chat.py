@@ -70,6 +70,7 @@ def test_a_resumed_conversation_restores_its_slot_instead_of_rereading(server: L
 
     resumed = ServerChat.resume(record)
     assert "restored before the next answer" in (resumed.notice or "")
+    assert resumed.history.token_count == history_tokens == record["n_tokens"]
     result = resumed.submit("And about the forest?")
     # Only the new message is read: the rest came back from the slot file.
     assert result.prompt_tokens < 40 and result.cached_tokens >= history_tokens - 1
