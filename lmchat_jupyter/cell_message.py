@@ -8,14 +8,28 @@ that a re-run in a kernel that no longer has them can say so instead of asking s
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .events import ConversationEvent
 from .history import Message
 from .interpolation import Expansion, expand
 from .notebook_context import ContextBlock, ContextSpec, context_block
+from .replay import Decision
 
-__all__ = ["CellMessage", "prepare", "USES_KEY", "CONTEXT_KEY"]
+if TYPE_CHECKING:
+    from .conversation import Conversation
+
+__all__ = [
+    "CellMessage",
+    "prepare",
+    "keep_if_names_gone",
+    "tag_user_message",
+    "token_cost",
+    "USES_KEY",
+    "CONTEXT_KEY",
+]
 
 #: Message meta keys: the notebook names a message's values came from, and its ``--context``.
 USES_KEY = "uses"
@@ -86,3 +100,34 @@ def prepare(typed: str, shell: Any, *, raw: bool = False, context: ContextSpec |
     body = expansion.text if expansion is not None else typed
     text = f"{block.text}\n\n{body}" if block is not None else body
     return CellMessage(typed, text, expansion, block, context)
+
+
+def keep_if_names_gone(decision: Decision, conv: Conversation, message: CellMessage) -> Decision:
+    """A stored turn whose values came from names this kernel lost (a restart) is shown, not asked anew."""
+    assert decision.index is not None
+    answered = decision.index + 1 < len(conv.history) and conv.history[decision.index + 1].role == "assistant"
+    gone = message.gone_since(conv.history[decision.index])
+    if not (answered and gone):
+        return decision
+    print(
+        f"lmchat: {', '.join(gone)} cannot be filled in: this kernel does not have the values the answer below "
+        "was given (it restarted since). Showing the stored answer; run the cells that make them, then this "
+        "cell again, to ask anew."
+    )
+    return Decision("replay", decision.index)
+
+
+def tag_user_message(conv: Conversation, meta: dict[str, Any]) -> Callable[[], None]:
+    """Keep ``meta`` with the turn's user message (the names its values came from, its --context)."""
+
+    def tag(event: ConversationEvent) -> None:
+        if event.kind == "turn_started" and event.message is not None:
+            event.message.meta.update(meta)
+
+    return conv.subscribe(tag) if meta else lambda: None
+
+
+def token_cost(conv: Conversation, message: CellMessage) -> int:
+    """Tokens the added values and context cost the message (a count, so one tokenizer call each)."""
+    tokenize = conv.model.backend.tokenize
+    return max(0, len(tokenize(message.text)) - len(tokenize(message.typed)))

@@ -18,7 +18,7 @@ from typing import Any
 from .errors import HistoryFormatError
 from .safe_files import read_bounded
 
-__all__ = ["ChatHistory", "Message", "HISTORY_FORMAT", "LIMITS"]
+__all__ = ["ChatHistory", "ForkOrigin", "Message", "HISTORY_FORMAT", "LIMITS"]
 
 HISTORY_FORMAT = 1
 ROLES = ("system", "user", "assistant")
@@ -107,8 +107,34 @@ def _optional_id(value: object, where: str, name: str) -> str | None:
     return value
 
 
+@dataclass(frozen=True)
+class ForkOrigin:
+    """Where a forked conversation came from: the conversation's name and id, and the user turns it kept."""
+
+    name: str
+    conversation_id: str
+    turns: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "conversation_id": self.conversation_id, "turns": self.turns}
+
+    @classmethod
+    def from_json(cls, data: object) -> ForkOrigin | None:
+        if data is None:
+            return None
+        where = "chat history: 'forked_from'"
+        if not isinstance(data, dict):
+            raise HistoryFormatError(f"{where} must be an object")
+        name = _optional_id(data.get("name"), where, "name")
+        conv_id = _optional_id(data.get("conversation_id"), where, "conversation_id")
+        turns = data.get("turns")
+        if name is None or conv_id is None or type(turns) is not int or turns < 0:
+            raise HistoryFormatError(f"{where} needs a name, a conversation_id and a number of turns")
+        return cls(name, conv_id, turns)
+
+
 class ChatHistory:
-    """The ordered messages of a conversation plus its id.
+    """The ordered messages of a conversation plus its id (and, for a fork, where it came from).
 
     ``token_count`` is the number of tokens the conversation occupies in the model's context
     (kept up to date by :class:`~lmchat_jupyter.Conversation`; 0 for a history read from disk).
@@ -118,6 +144,7 @@ class ChatHistory:
         self.messages: list[Message] = list(messages or [])
         self.conversation_id = conversation_id or new_id()
         self.token_count = 0
+        self.forked_from: ForkOrigin | None = None
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -156,11 +183,14 @@ class ChatHistory:
     # --- serialisation -------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "format": HISTORY_FORMAT,
             "conversation_id": self.conversation_id,
             "messages": [m.to_json() for m in self.messages],
         }
+        if self.forked_from is not None:  # optional: readers that predate forks ignore it
+            data["forked_from"] = self.forked_from.to_json()
+        return data
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.to_json(), ensure_ascii=False, indent=1).encode("utf-8")
@@ -193,7 +223,9 @@ class ChatHistory:
         parsed = [Message.from_json(m, i) for i, m in enumerate(messages)]
         if any(m.role == "system" for m in parsed[1:]):
             raise HistoryFormatError("a system message may only come first")
-        return cls(parsed, conversation_id=conv_id)
+        history = cls(parsed, conversation_id=conv_id)
+        history.forked_from = ForkOrigin.from_json(data.get("forked_from"))
+        return history
 
     @classmethod
     def from_bytes(cls, blob: bytes | bytearray | memoryview) -> ChatHistory:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import shlex
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,16 +13,15 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import ArgDecorator, MagicArgumentParser, argument, magic_arguments
 from IPython.display import Markdown, display
 
-from . import kernel, sidecar_space
-from .cell_message import CellMessage, prepare
+from . import forks, kernel, sidecar_space
+from .cell_message import keep_if_names_gone, prepare, tag_user_message, token_cost
 from .conversation import Conversation
 from .errors import LmchatError
-from .events import ConversationEvent
 from .history import ChatHistory
 from .metadata import EMBED_SETTINGS
 from .notebook_context import ErrorLog, parse_context, record_error
 from .output import AnswerDisplay, show_stored, show_transcript, stats_line, transcript_markdown
-from .replay import Decision, cell_turns, decide
+from .replay import cell_turns, decide
 
 if TYPE_CHECKING:
     from .store import ChatStore
@@ -110,6 +108,12 @@ _LINE = _declare(
     subcommand("history", help="the whole conversation"),
     subcommand("list", help="the conversations of this notebook (%chat use NAME switches)"),
     subcommand("use", argument("conversation", metavar="NAME"), help="make NAME the conversation that %%chat uses"),
+    subcommand(
+        "fork",
+        argument("new", metavar="NEW"),
+        argument("--at", type=int, metavar="TURN"),
+        help="copy the conversation (KV cache too) as NEW, up to TURN; %%chat then uses NEW",
+    ),
     subcommand("clear", help="forget every message (the system prompt stays)"),
     subcommand(
         "forget", argument("conversation", metavar="NAME"), help="remove NAME's KV cache file (not its history)"
@@ -183,7 +187,7 @@ class ChatMagics(Magics):
         order = state.replay_cursor.get(name, 0)
         decision = decide(conv.history, message.text, state.cell_id, order, regen=args.regen)
         if decision.action == "rewind" and not args.regen:
-            decision = _keep_if_names_gone(decision, conv, message)
+            decision = keep_if_names_gone(decision, conv, message)
         if decision.action == "replay":
             assert decision.index is not None
             state.replay_cursor[name] = cell_turns(conv.history).index(decision.index) + 1
@@ -202,10 +206,10 @@ class ChatMagics(Magics):
         for note in message.notes():
             print(f"lmchat: {note}")
         if message.added:
-            display(Markdown(message.added_markdown(_token_cost(conv, message))))
+            display(Markdown(message.added_markdown(token_cost(conv, message))))
         out = AnswerDisplay()
         turn = conv.stream(message.text, cell_id=state.cell_id, **options)
-        untag = _tag_user_message(conv, message.meta())
+        untag = tag_user_message(conv, message.meta())
         try:
             for piece in turn:
                 out.add(piece)
@@ -225,6 +229,17 @@ class ChatMagics(Magics):
         command = args.command
         if command == "list":
             print(_list(state))
+            return None
+        if command == "fork":
+            source = store.active
+            _wait_until_free(store.get(source))
+            twin = forks.fork(store, source, args.new, args.at)
+            store.active = args.new
+            state.replay_cursor[args.new] = len(cell_turns(twin.history))
+            print(
+                f"lmchat: {args.new!r} {forks.origin_note(twin.history)}, its {twin.info.token_count:,} cached tokens "
+                f"copied (nothing evaluated again); %%chat now uses {args.new!r}"
+            )
             return None
         if command == "forget":
             freed = sidecar_space.drop_kv_cache(store, args.conversation)
@@ -357,37 +372,6 @@ def _wait_until_free(conv: Conversation) -> None:
         time.sleep(0.05)
 
 
-def _keep_if_names_gone(decision: Decision, conv: Conversation, message: CellMessage) -> Decision:
-    """A stored turn whose values came from names this kernel lost (a restart) is shown, not asked anew."""
-    assert decision.index is not None
-    answered = decision.index + 1 < len(conv.history) and conv.history[decision.index + 1].role == "assistant"
-    gone = message.gone_since(conv.history[decision.index])
-    if not (answered and gone):
-        return decision
-    print(
-        f"lmchat: {', '.join(gone)} cannot be filled in: this kernel does not have the values the answer below "
-        "was given (it restarted since). Showing the stored answer; run the cells that make them, then this "
-        "cell again, to ask anew."
-    )
-    return Decision("replay", decision.index)
-
-
-def _tag_user_message(conv: Conversation, meta: dict[str, Any]) -> Callable[[], None]:
-    """Keep ``meta`` with the turn's user message (the names its values came from, its --context)."""
-
-    def tag(event: ConversationEvent) -> None:
-        if event.kind == "turn_started" and event.message is not None:
-            event.message.meta.update(meta)
-
-    return conv.subscribe(tag) if meta else lambda: None
-
-
-def _token_cost(conv: Conversation, message: CellMessage) -> int:
-    """Tokens the added values and context cost the message (a count, so one tokenizer call each)."""
-    tokenize = conv.model.backend.tokenize
-    return max(0, len(tokenize(message.text)) - len(tokenize(message.typed)))
-
-
 def _describe(conv: Conversation, name: str, state: kernel.KernelChats) -> str:
     info = conv.info
     store = state.store
@@ -439,7 +423,8 @@ def _list(state: kernel.KernelChats) -> str:
             )
         else:
             size = f"{sidecar_space.format_size(files.total)} (history only)"
-        rows.append(f"{'*' if name == store.active else ' '} {name:<20} {size}")
+        origin = forks.origin_of(store, name)
+        rows.append(f"{'*' if name == store.active else ' '} {name:<20} {size}{f' · {origin}' if origin else ''}")
     rows.append(f"sidecar: {store.sidecar.folder} ({_folder_size(store)} in all; cap: {_cap(store)})")
     return "\n".join(rows)
 

@@ -81,6 +81,8 @@ def build_metadata(
                 "model": {"spec": chat.model_spec},
                 "messages": [m.to_json() if embed == "full" else _outline(m) for m in chat.history],
             }
+            if chat.history.forked_from is not None:
+                out[name]["forked_from"] = chat.history.forked_from.to_json()
     for name, conv in conversations.items():
         if not conv.history.message_count:
             continue
@@ -89,6 +91,8 @@ def build_metadata(
             "model": {"spec": conv.model.spec, "name": conv.model.name, "sha256": conv.model.sha256},
             "messages": [m.to_json() if embed == "full" else _outline(m) for m in conv.history],
         }
+        if conv.history.forked_from is not None:
+            out[name]["forked_from"] = conv.history.forked_from.to_json()
     if not out:
         return value if embed != "full" else None
     value["conversations"] = out
@@ -159,7 +163,12 @@ def parse_metadata(value: object) -> list[EmbeddedChat]:
         if not isinstance(entry, dict):
             raise HistoryFormatError(f"notebook metadata: conversation {name!r} is not an object")
         history = ChatHistory.from_json(
-            {"format": HISTORY_FORMAT, "conversation_id": entry.get("id"), "messages": entry.get("messages")}
+            {
+                "format": HISTORY_FORMAT,
+                "conversation_id": entry.get("id"),
+                "messages": entry.get("messages"),
+                "forked_from": entry.get("forked_from"),
+            }
         )
         model = entry.get("model")
         spec = model.get("spec") if isinstance(model, dict) else None

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from IPython.core.interactiveshell import InteractiveShell
 
 from lmchat_jupyter import Model, load_model
 from lmchat_jupyter.model_specs import default_model_path
@@ -52,3 +54,19 @@ def model() -> Model:
 @pytest.fixture(scope="session")
 def gemma(gemma_file: Path) -> Model:
     return load_model(gemma_file, n_ctx=4096)
+
+
+@pytest.fixture
+def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
+    """IPython with ``%load_ext lmchat`` for ``notes.ipynb`` in a temporary folder; the names a test defines go after."""
+    monkeypatch.setenv("JPY_SESSION_NAME", str(tmp_path / "notes.ipynb"))
+    monkeypatch.chdir(tmp_path)
+    ip = InteractiveShell.instance()
+    before = set(ip.user_ns)
+    ip.run_line_magic("load_ext", "lmchat")
+    try:
+        yield ip
+    finally:
+        ip.run_line_magic("unload_ext", "lmchat")
+        for name in set(ip.user_ns) - before:
+            del ip.user_ns[name]

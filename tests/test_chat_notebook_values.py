@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,20 +14,6 @@ import lmchat_jupyter
 from .kernel_driver import KernelDriver, notebook_file
 
 CHAT = "--temperature 0 --max-tokens 8"
-
-
-@pytest.fixture
-def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
-    monkeypatch.setenv("JPY_SESSION_NAME", str(tmp_path / "values.ipynb"))
-    monkeypatch.chdir(tmp_path)
-    ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "lmchat")
-    try:
-        yield ip
-    finally:
-        ip.run_line_magic("unload_ext", "lmchat")
-        for name in ("city", "big", "blob", "broken", "answer"):
-            ip.user_ns.pop(name, None)
 
 
 def chat(ip: InteractiveShell, message: str, line: str = CHAT, cell: str | None = None) -> tuple[str, list[str]]:
