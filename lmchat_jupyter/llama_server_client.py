@@ -13,8 +13,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ServerError, ServerUnreachableError, SlotStorageError
-from .server_http import HttpEndpoint
+from .errors import ServerError, SlotStorageError
+from .server_http import HttpEndpoint, ended_early
 
 __all__ = ["LlamaServerClient", "ServerProps", "SlotInfo", "SlotFileResult", "CompletionStream", "SLOT_FILE_NAME"]
 
@@ -109,10 +109,7 @@ class CompletionStream:
             if isinstance(text, str) and text:
                 yield text
         if not self.final:
-            raise ServerUnreachableError(
-                f"the stream from {self.where} ended before the answer did. "
-                "The conversation is kept without the unfinished answer; the next cell tries again"
-            )
+            raise ended_early(self.where)
 
     def text(self) -> str:
         """Consume the whole stream and return its text."""

@@ -11,8 +11,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ServerError, ServerUnreachableError
-from .server_http import HttpEndpoint
+from .errors import ServerError
+from .server_http import HttpEndpoint, ended_early
 
 __all__ = ["OpenAICompatibleClient", "ChatStream"]
 
@@ -47,10 +47,7 @@ class ChatStream:
             if isinstance(text, str) and text:
                 yield text
         if self.finish_reason is None:
-            raise ServerUnreachableError(
-                f"the stream from {self.where} ended before the answer did. "
-                "The conversation is kept without the unfinished answer; the next cell tries again"
-            )
+            raise ended_early(self.where)
 
     def text(self) -> str:
         """Consume the whole stream and return its text."""

@@ -15,7 +15,7 @@ re-reading the history, and :attr:`ServerChat.notice` says why.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -158,11 +158,8 @@ class ServerChat:
             tokens = client.tokenize(target)
         slot = self._take_slot()
         stream = client.stream_completion(tokens, id_slot=slot, n_predict=opts.max_tokens, **self._sampling(opts))
-        pieces, first = [], None
-        for piece in stream:
-            first = first or time.perf_counter()
-            pieces.append(piece)
-            yield piece
+        pieces: list[str] = []
+        first = yield from _relay(stream, pieces)
         final = stream.final
         self._text, self._tokens = target + "".join(pieces), tokens + stream.tokens
         timings = final.get("timings") or {}
@@ -236,11 +233,8 @@ class ServerChat:
             top_p=opts.top_p,
             **({"seed": opts.seed} if opts.seed is not None else {}),
         )
-        pieces, first = [], None
-        for piece in stream:
-            first = first or time.perf_counter()
-            pieces.append(piece)
-            yield piece
+        pieces: list[str] = []
+        first = yield from _relay(stream, pieces)
         usage = stream.usage
         generated = int(usage.get("completion_tokens", len(pieces)))
         finish = "length" if stream.finish_reason == "length" else "stop"
@@ -273,3 +267,13 @@ class ServerChat:
             total_seconds=end - start,
             finish_reason=finish,
         )
+
+
+def _relay(stream: Iterable[str], pieces: list[str]) -> Generator[str, None, float | None]:
+    """Hand on each piece of ``stream``, keeping it in ``pieces``; returns when the first one arrived."""
+    first = None
+    for piece in stream:
+        first = first or time.perf_counter()
+        pieces.append(piece)
+        yield piece
+    return first

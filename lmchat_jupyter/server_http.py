@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from .errors import ServerAuthError, ServerContextTooSmallError, ServerError, ServerUnreachableError
 
-__all__ = ["HttpEndpoint", "API_KEY_ENV_VAR", "api_key_from_env", "is_server_spec"]
+__all__ = ["HttpEndpoint", "API_KEY_ENV_VAR", "api_key_from_env", "ended_early"]
 
 API_KEY_ENV_VAR = "LMCHAT_API_KEY"
 _KEY_HELP = f"set ${API_KEY_ENV_VAR} to the server's key (or `%chat config --api-key`) and run the cell again"
@@ -29,9 +29,12 @@ def api_key_from_env() -> str | None:
     return os.environ.get(API_KEY_ENV_VAR, "").strip() or None
 
 
-def is_server_spec(spec: object) -> bool:
-    """Whether a model spec names a server (``http://…`` or ``https://…``) rather than a GGUF file."""
-    return isinstance(spec, str) and spec.strip().lower().startswith(("http://", "https://"))
+def ended_early(where: str) -> ServerUnreachableError:
+    """The error for a stream that stopped before its last event: the server went away mid-answer."""
+    return ServerUnreachableError(
+        f"the stream from {where} ended before the answer did. "
+        "The conversation is kept without the unfinished answer; the next cell tries again"
+    )
 
 
 class HttpEndpoint:
