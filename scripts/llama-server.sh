@@ -14,7 +14,7 @@
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 
 port="" parallel=2 model="" ctx_per_slot=8192 host=127.0.0.1 slot_dir="" build_only=0 extra=()
 while [ $# -gt 0 ]; do
@@ -27,8 +27,8 @@ while [ $# -gt 0 ]; do
     --slot-save-path) slot_dir="${2:?--slot-save-path needs a folder}"; shift 2 ;;
     --build-only) build_only=1; shift ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) usage ;;
-    *) echo "llama-server.sh: unknown argument $1" >&2; usage ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "llama-server.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
 done
 
@@ -86,7 +86,7 @@ if [ "$build_only" = 1 ]; then
   echo "$binary"
   exit 0
 fi
-[ -n "$port" ] || { echo "llama-server.sh: --port PORT is required (or --build-only)" >&2; usage; }
+[ -n "$port" ] || { echo "llama-server.sh: --port PORT is required (or --build-only)" >&2; usage >&2; exit 2; }
 
 if [ -z "$model" ]; then
   model="$("$python" -c 'from lmchat_jupyter.model_specs import default_model_path; print(default_model_path())')" || {
