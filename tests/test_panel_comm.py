@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,18 +20,6 @@ from lmchat_jupyter.panel_comm import PanelChannel
 
 CHAT = "--temperature 0 --max-tokens 12"
 LONG = "Write a long story about a dragon who learns to bake bread, with many details."
-
-
-@pytest.fixture
-def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
-    monkeypatch.setenv("JPY_SESSION_NAME", str(tmp_path / "chat.ipynb"))
-    monkeypatch.chdir(tmp_path)
-    ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "lmchat")
-    try:
-        yield ip
-    finally:
-        ip.run_line_magic("unload_ext", "lmchat")
 
 
 class Frontend:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,17 +19,9 @@ from lmchat_jupyter.sidecar_space import GITIGNORE
 CHAT = "--temperature 0 --max-tokens 8"
 
 
-@pytest.fixture
-def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
-    monkeypatch.setenv("JPY_SESSION_NAME", str(tmp_path / "notes.ipynb"))
+@pytest.fixture(autouse=True)
+def _no_size_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LMCHAT_MAX_SIDECAR_MB", raising=False)
-    monkeypatch.chdir(tmp_path)
-    ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "lmchat")
-    try:
-        yield ip
-    finally:
-        ip.run_line_magic("unload_ext", "lmchat")
 
 
 def sidecar(tmp_path: Path) -> Path:

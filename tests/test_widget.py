@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,19 +20,6 @@ from .kernel_driver import KernelDriver, notebook_file
 
 CHAT = "--temperature 0 --max-tokens 12"
 LONG = "Write a long story about a dragon who learns to bake bread, with many details."
-
-
-@pytest.fixture
-def shell(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InteractiveShell]:
-    """An IPython shell with ``%load_ext lmchat`` for a notebook in a temporary folder."""
-    monkeypatch.setenv("JPY_SESSION_NAME", str(tmp_path / "chat.ipynb"))
-    monkeypatch.chdir(tmp_path)
-    ip = InteractiveShell.instance()
-    ip.run_line_magic("load_ext", "lmchat")
-    try:
-        yield ip
-    finally:
-        ip.run_line_magic("unload_ext", "lmchat")
 
 
 def chat(ip: InteractiveShell, prompt: str, line: str = CHAT) -> None:
@@ -109,7 +96,7 @@ def test_widget_and_magic_are_one_conversation(shell: InteractiveShell) -> None:
     assert shown_matches_history(w)
     # Widget turns are saved with the session like the cells' turns.
     chats().store.flush()
-    saved = ChatHistory.load(Path("chat.lmchat") / "default.history.json")
+    saved = ChatHistory.load(Path("notes.lmchat") / "default.history.json")
     assert [m.content for m in saved if m.role == "user"] == users
     w.close()
 
