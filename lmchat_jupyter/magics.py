@@ -3,81 +3,36 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.core.magic_arguments import ArgDecorator, MagicArgumentParser, argument, magic_arguments
+from IPython.core.magic_arguments import argument
 from IPython.display import Markdown, display
 
 from . import forks, kernel, sidecar_space
 from .cell_message import keep_if_names_gone, prepare, tag_user_message, token_cost
+from .chat_report import cap_note, describe, gpu_layers_note, list_conversations
 from .conversation import Conversation
 from .errors import LmchatError
 from .history import ChatHistory
+from .magic_args import declare, parse_words, split_words, subcommand
 from .metadata import EMBED_SETTINGS
 from .notebook_context import ErrorLog, parse_context, record_error
 from .output import AnswerDisplay, show_stored, show_transcript, stats_line, transcript_markdown
 from .replay import cell_turns, decide
 
 if TYPE_CHECKING:
-    from .store import ChatStore
+    pass
 
 __all__ = ["ChatMagics", "load", "unload"]
 
 
-class _SubcommandParser(MagicArgumentParser):
-    def error(self, message: str) -> Any:  # one line, no traceback, naming the subcommand
-        raise _ArgumentError(f"%{self.prog}: {message}. See %chat? for help.")
-
-
-class _ArgumentError(UsageError):
-    """A usage error that already names the (sub)command it belongs to."""
-
-
-class subcommand(ArgDecorator):
-    """Declare ``%chat NAME [ARGUMENTS]`` in one line: its arguments are ``argument(...)`` objects.
-
-    The subcommand's usage line and ``help`` become a row of the ``%chat?`` help.
-    """
-
-    def __init__(self, name: str, *arguments: argument, help: str) -> None:
-        self.name, self.arguments, self.help = name, arguments, help
-
-    def add_to_parser(self, parser: MagicArgumentParser, group: Any) -> None:
-        commands = getattr(parser, "lmchat_commands", None)
-        if commands is None:
-            commands = parser.add_subparsers(
-                dest="command", metavar="COMMAND", parser_class=_SubcommandParser, help="one of the commands below"
-            )
-            parser.lmchat_commands = commands  # type: ignore[attr-defined]
-        sub = commands.add_parser(self.name, prog=f"chat {self.name}", formatter_class=argparse.HelpFormatter)
-        for arg in self.arguments:
-            arg.add_to_parser(sub, None)
-        usage = "%" + " ".join(sub.format_usage().split()[1:])
-        row = f"{usage:<26} {self.help}" if len(usage) <= 26 else f"{usage}\n{'':<26} {self.help}"
-        parser.epilog = f"{parser.epilog or ''}{row}\n"
-
-
-def _declare(name: str, doc: str, *declarations: ArgDecorator) -> MagicArgumentParser:
-    """The parser that IPython's ``magic_arguments`` builds from ``declarations``, in the order given."""
-
-    def magic() -> None:
-        """Holds the declarations while IPython builds the parser."""
-
-    magic.__doc__ = doc
-    for declaration in reversed(declarations):  # as stacked decorators would apply them
-        declaration(magic)
-    parser: MagicArgumentParser = magic_arguments(name=name)(magic).parser
-    return parser
-
-
 # The whole grammar of %%chat and %chat, and the source of the %chat? help: adding an option or a subcommand is one
 # line here (and its handling in ChatMagics).
-_CELL = _declare(
+_CELL = declare(
     "%chat",  # the help's usage line puts the second % in front
     """Cell magic -- the cell is your message; the answer streams below it.
 
@@ -101,7 +56,7 @@ _CELL = _declare(
     argument("--raw", action="store_true", help="send the cell as typed: no {name} values put in"),
     argument("--context", metavar="WHAT", help="add cell (the cell run before), cells:N or error (the last one)"),
 )
-_LINE = _declare(
+_LINE = declare(
     "chat",
     "Line magic (without a command: info).",
     subcommand("info", help="the conversation, its model, tokens used, where it is saved"),
@@ -142,15 +97,6 @@ _LINE = _declare(
 )
 
 
-def _parse(parser: MagicArgumentParser, prog: str, words: list[str]) -> argparse.Namespace:
-    try:
-        return parser.parse_args(words)
-    except _ArgumentError as exc:  # IPython shows a one-line message only for UsageError itself, not a subclass
-        raise UsageError(str(exc)) from None
-    except UsageError as exc:  # one line, no traceback, as IPython magics do
-        raise UsageError(f"{prog}: {exc}. See %chat? for help.") from None
-
-
 @magics_class
 class ChatMagics(Magics):
     """The ``%%chat`` cell magic and the ``%chat`` line magic."""
@@ -169,7 +115,7 @@ class ChatMagics(Magics):
     # --- %%chat ---------------------------------------------------------------------------------
 
     def _cell(self, line: str, cell: str) -> None:
-        args = _parse(_CELL, "%%chat", _split(line))
+        args = parse_words(_CELL, "%%chat", split_words(line))
         if not cell.strip():
             raise UsageError("%%chat: the cell is empty; write your message below the %%chat line")
         try:
@@ -223,12 +169,12 @@ class ChatMagics(Magics):
     # --- %chat ----------------------------------------------------------------------------------
 
     def _line(self, line: str) -> Any:
-        args = _parse(_LINE, "%chat", _split(line) or ["info"])
+        args = parse_words(_LINE, "%chat", split_words(line) or ["info"])
         state = kernel.chats(self.shell)
         store = state.store
         command = args.command
         if command == "list":
-            print(_list(state))
+            print(list_conversations(state))
             return None
         if command == "fork":
             source = store.active
@@ -268,7 +214,7 @@ class ChatMagics(Magics):
             return ChatWidget(name=args.name or store.active)
         conv = store.get()
         if command == "info":
-            print(_describe(conv, store.active, state))
+            print(describe(conv, store.active, state))
         elif command == "history":
             show_transcript(conv.history)
         elif command == "clear":
@@ -323,8 +269,8 @@ class ChatMagics(Magics):
             f"autosave: {'on' if store.autosave else 'off'}\n"
             f"sidecar: {store.sidecar.folder}{'' if store.sidecar.writable else ' (read-only here)'}\n"
             f"n_ctx: {store.settings.n_ctx or 'default (8192, capped by the model)'}\n"
-            f"gpu layers: {_gpu_layers(store.settings.n_gpu_layers)}\n"
-            f"max sidecar size: {_cap(store)}\n"
+            f"gpu layers: {gpu_layers_note(store.settings.n_gpu_layers)}\n"
+            f"max sidecar size: {cap_note(store)}\n"
             f"embed: {frontend.bridge().embed} (kept in the notebook's metadata)"
         )
 
@@ -355,13 +301,6 @@ class ChatMagics(Magics):
 ChatMagics.chat.__doc__ = f"{ChatMagics.chat.__doc__}\n\n{_CELL.format_help()}\n{_LINE.format_help()}"
 
 
-def _split(line: str) -> list[str]:
-    try:
-        return shlex.split(line)
-    except ValueError as exc:
-        raise UsageError(f"%chat: cannot parse the arguments ({exc})") from None
-
-
 def _wait_until_free(conv: Conversation) -> None:
     """Let the chat widget's answer (or a save) finish before a cell decides what to do; say so if it takes a while."""
     start, said = time.monotonic(), False
@@ -370,63 +309,6 @@ def _wait_until_free(conv: Conversation) -> None:
             print("lmchat: waiting for the widget's answer…")
             said = True
         time.sleep(0.05)
-
-
-def _describe(conv: Conversation, name: str, state: kernel.KernelChats) -> str:
-    info = conv.info
-    store = state.store
-    saved = store.where_saved(name)
-    if store.last_save_error:
-        saved = f"last save failed: {store.last_save_error}"
-    lines = [
-        f"conversation: {name} ({info.conversation_id})",
-        f"model: {conv.model.describe()}",
-        f"messages: {info.message_count} ({info.user_message_count} turns), tokens: {info.token_count:,} / {info.n_ctx:,}",
-        f"sidecar: {store.sidecar.folder} ({_folder_size(store)}) — {saved}",
-    ]
-    if name in store.kv_cache_off:
-        lines.append("KV cache: not on disk (removed); written again after the next change")
-    if conv.restored_from:
-        lines.append(f"restored: {conv.restored_from}")
-    return "\n".join(lines)
-
-
-def _folder_size(store: ChatStore) -> str:
-    return sidecar_space.format_size(sidecar_space.folder_size(store.sidecar.folder))
-
-
-def _gpu_layers(n_gpu_layers: int) -> str:
-    from .models import default_gpu_layers
-
-    if default_gpu_layers() == 0:
-        return f"{n_gpu_layers} (this llama-cpp-python has no GPU backend: every layer runs on the CPU)"
-    return {-1: "all", 0: "none (CPU only)"}.get(n_gpu_layers, str(n_gpu_layers)) + " (for models loaded from now on)"
-
-
-def _cap(store: ChatStore) -> str:
-    cap = store.max_sidecar_bytes
-    return "no cap" if cap is None else f"{sidecar_space.format_size(cap)} (older KV caches are removed past it)"
-
-
-def _list(state: kernel.KernelChats) -> str:
-    """The notebook's conversations, the active one starred, with what each takes on disk."""
-    store = state.store
-    on_disk = {files.name: files for files in sidecar_space.conversation_files(store.sidecar)}
-    rows = []
-    for name in store.names() or [store.active]:
-        files = on_disk.get(name)
-        if files is None:
-            size = "in the notebook's metadata, evaluated at first use" if name in store.embedded else "not saved yet"
-        elif files.kv_cache_bytes:
-            size = (
-                f"{sidecar_space.format_size(files.total)} (KV cache {sidecar_space.format_size(files.kv_cache_bytes)})"
-            )
-        else:
-            size = f"{sidecar_space.format_size(files.total)} (history only)"
-        origin = forks.origin_of(store, name)
-        rows.append(f"{'*' if name == store.active else ' '} {name:<20} {size}{f' · {origin}' if origin else ''}")
-    rows.append(f"sidecar: {store.sidecar.folder} ({_folder_size(store)} in all; cap: {_cap(store)})")
-    return "\n".join(rows)
 
 
 def _on_pre_run_cell(info: Any) -> None:

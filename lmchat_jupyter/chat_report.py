@@ -1,0 +1,70 @@
+"""What ``%chat info``, ``%chat list`` and ``%chat config`` print about a notebook's conversations."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from . import forks, kernel, sidecar_space
+from .conversation import Conversation
+
+if TYPE_CHECKING:
+    from .store import ChatStore
+
+__all__ = ["describe", "list_conversations", "gpu_layers_note", "cap_note"]
+
+
+def describe(conv: Conversation, name: str, state: kernel.KernelChats) -> str:
+    info = conv.info
+    store = state.store
+    saved = store.where_saved(name)
+    if store.last_save_error:
+        saved = f"last save failed: {store.last_save_error}"
+    lines = [
+        f"conversation: {name} ({info.conversation_id})",
+        f"model: {conv.model.describe()}",
+        f"messages: {info.message_count} ({info.user_message_count} turns), tokens: {info.token_count:,} / {info.n_ctx:,}",
+        f"sidecar: {store.sidecar.folder} ({_folder_size(store)}) — {saved}",
+    ]
+    if name in store.kv_cache_off:
+        lines.append("KV cache: not on disk (removed); written again after the next change")
+    if conv.restored_from:
+        lines.append(f"restored: {conv.restored_from}")
+    return "\n".join(lines)
+
+
+def _folder_size(store: ChatStore) -> str:
+    return sidecar_space.format_size(sidecar_space.folder_size(store.sidecar.folder))
+
+
+def gpu_layers_note(n_gpu_layers: int) -> str:
+    from .models import default_gpu_layers
+
+    if default_gpu_layers() == 0:
+        return f"{n_gpu_layers} (this llama-cpp-python has no GPU backend: every layer runs on the CPU)"
+    return {-1: "all", 0: "none (CPU only)"}.get(n_gpu_layers, str(n_gpu_layers)) + " (for models loaded from now on)"
+
+
+def cap_note(store: ChatStore) -> str:
+    cap = store.max_sidecar_bytes
+    return "no cap" if cap is None else f"{sidecar_space.format_size(cap)} (older KV caches are removed past it)"
+
+
+def list_conversations(state: kernel.KernelChats) -> str:
+    """The notebook's conversations, the active one starred, with what each takes on disk."""
+    store = state.store
+    on_disk = {files.name: files for files in sidecar_space.conversation_files(store.sidecar)}
+    rows = []
+    for name in store.names() or [store.active]:
+        files = on_disk.get(name)
+        if files is None:
+            size = "in the notebook's metadata, evaluated at first use" if name in store.embedded else "not saved yet"
+        elif files.kv_cache_bytes:
+            size = (
+                f"{sidecar_space.format_size(files.total)} (KV cache {sidecar_space.format_size(files.kv_cache_bytes)})"
+            )
+        else:
+            size = f"{sidecar_space.format_size(files.total)} (history only)"
+        origin = forks.origin_of(store, name)
+        rows.append(f"{'*' if name == store.active else ' '} {name:<20} {size}{f' · {origin}' if origin else ''}")
+    rows.append(f"sidecar: {store.sidecar.folder} ({_folder_size(store)} in all; cap: {cap_note(store)})")
+    return "\n".join(rows)
