@@ -77,7 +77,7 @@ class FrontendBridge:
                 self.extension_seen = True
                 self._take_metadata(data.get("metadata"))
                 self.push()
-                self.panel.send_state(None)  # tells the panel that lmchat is loaded here
+                self.panel.send_state(None, follow=False)  # tells the panel that lmchat is loaded here
         except LmchatError as exc:
             print(f"lmchat: the notebook's embedded chat was not used: {exc}")
 

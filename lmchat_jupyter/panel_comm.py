@@ -181,8 +181,12 @@ class PanelChannel:
         if event.kind in STATE_EVENTS:
             self.send_state(name)
 
-    def send_state(self, name: str | None) -> None:
-        """The whole state of conversation ``name`` (default: the one ``%%chat`` uses), and every name."""
+    def send_state(self, name: str | None, follow: bool = True) -> None:
+        """The whole state of conversation ``name`` (default: the one ``%%chat`` uses), and every name.
+
+        With ``follow`` every later change is sent too; without, this says only that lmchat is loaded
+        (a kernel whose panel is closed sends nothing as it generates).
+        """
         store = kernel.chats().store
         name = name or store.active
         conv = store.conversations.get(name)
@@ -191,7 +195,8 @@ class PanelChannel:
         waiting = store.waiting(name) if conv is None else None
         if conv is None and waiting is None and name in store.names():
             conv = store.get(name, create=False)  # saved, not restored yet: the panel asked for it
-        self.listen()
+        if follow:
+            self.listen()
         state: dict[str, Any] = {
             "type": "panel_state",
             "name": name,

@@ -10,6 +10,7 @@ import { INotebookTracker } from '@jupyterlab/notebook';
 import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { LabIcon, stopIcon } from '@jupyterlab/ui-components';
 import { JSONObject } from '@lumino/coreutils';
+import { Message } from '@lumino/messaging';
 import { Panel, Widget } from '@lumino/widgets';
 import React from 'react';
 
@@ -100,6 +101,8 @@ class NotebookChat {
     link.messageReceived.connect(this.onMessage, this);
     link.connectionChanged.connect(this.onConnection, this);
     this.kernel = link.currentKernel;
+    // The kernel follows the conversation for the panel from now on (and says whether lmchat is loaded).
+    link.post({ type: 'panel', action: 'sync' });
   }
 
   /** The conversation shown: null until the kernel says which one `%%chat` uses. */
@@ -159,7 +162,9 @@ class NotebookChat {
       } else if (this.model.state) {
         // Another conversation changed: the picker learns its name.
         this.model.applyState({ ...this.model.state, names: state.names });
-      } else if (!wasLoaded) {
+      }
+      if (!wasLoaded) {
+        // lmchat was loaded (or the kernel restarted): have the kernel follow the conversation.
         this.request('sync');
       }
     } else if (data.type === 'panel_stream' && data.name === this.name) {
@@ -218,6 +223,11 @@ export class ChatPanel extends Panel {
       this.current?.load()
     );
     options.tracker.currentChanged.connect(this.follow, this);
+  }
+
+  /** A closed panel follows nothing: its kernels send it nothing as they generate. */
+  protected onAfterShow(msg: Message): void {
+    super.onAfterShow(msg);
     this.follow();
   }
 
@@ -228,6 +238,9 @@ export class ChatPanel extends Panel {
 
   /** Show the chat of the notebook that is current now. */
   private follow(): void {
+    if (!this.isVisible) {
+      return;
+    }
     const panel = this.options.tracker.currentWidget;
     const chat = panel ? this.chatFor(panel.context) : null;
     if (chat === this._current) {
