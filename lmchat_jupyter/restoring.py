@@ -24,11 +24,15 @@ if TYPE_CHECKING:
 __all__ = ["restore", "catch_up", "defer_unsigned", "unsigned_history"]
 
 
-def restore(store: ChatStore, name: str) -> Conversation | None:
-    """Restore ``name`` into ``store``; None when nothing is saved or nothing could be used (said)."""
+def restore(store: ChatStore, name: str, saved: SavedChat | None = None) -> Conversation | None:
+    """Restore ``name`` into ``store``; None when nothing is saved or nothing could be used (said).
+
+    ``saved``: its files as already read (by :func:`read_saved`), so that they are not read twice.
+    """
     session_path = store.sidecar.session_path(name)
     history_path = store.sidecar.history_path(name)
-    saved = read_saved(store.sidecar, name)
+    if saved is None:
+        saved = read_saved(store.sidecar, name)
     for problem in saved.problems:
         store.notify(f"lmchat: {problem}")
     if not saved.exists:
@@ -91,7 +95,7 @@ def unsigned_history(store: ChatStore, name: str, saved: SavedChat) -> ChatHisto
     return saved.history
 
 
-def defer_unsigned(store: ChatStore, name: str) -> bool:
+def defer_unsigned(store: ChatStore, name: str, saved: SavedChat) -> bool:
     """Files that no kernel of this user signed (a cloned notebook) wait for their conversation's first use.
 
     Their history is evaluated then, not at ``%load_ext``: a cloned repository with many
@@ -99,7 +103,6 @@ def defer_unsigned(store: ChatStore, name: str) -> bool:
     the notebook's (``store.embedded``), so the notebook's metadata keeps it. False (nothing done)
     where the files are this user's (restored at once) or unreadable (restoring says why).
     """
-    saved = read_saved(store.sidecar, name)
     history = unsigned_history(store, name, saved)
     if history is None:
         return False

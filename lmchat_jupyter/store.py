@@ -23,7 +23,7 @@ from .history import ChatHistory, Message
 from .metadata import EmbeddedChat
 from .models import Model, ModelSettings, load_model
 from .reconcile import Relation, is_backup_name, move_aside, relation
-from .saved import disk_history, read_saved
+from .saved import SavedChat, disk_history, read_saved
 from .sidecar import HISTORY_SUFFIX, SESSION_SUFFIX, Sidecar, check_name
 
 __all__ = ["ChatStore", "DEFAULT_NAME"]
@@ -197,13 +197,13 @@ class ChatStore:
         """The history the sidecar holds for ``name``, read without evaluating it."""
         return disk_history(self.sidecar, name)
 
-    def restore(self, name: str) -> Conversation | None:
+    def restore(self, name: str, saved: SavedChat | None = None) -> Conversation | None:
         """Restore ``name`` from the sidecar (full session, else history); None when nothing is saved.
 
         Only files this user's kernels signed choose the model and bring their KV state; from any
         other file the visible history is evaluated on the kernel's own model.
         """
-        return restoring.restore(self, name)
+        return restoring.restore(self, name, saved)
 
     def offer_embedded(self, chats: list[EmbeddedChat]) -> list[str]:
         """Histories found in the notebook's metadata, kept to be evaluated at first use; one line each.
@@ -223,10 +223,11 @@ class ChatStore:
             if is_backup_name(name):
                 continue  # kept aside: listed, restored when used
             if name not in self.conversations:
-                if restoring.defer_unsigned(self, name):
+                saved = read_saved(self.sidecar, name)  # once: deciding and restoring share it
+                if restoring.defer_unsigned(self, name, saved):
                     continue
                 try:
-                    self.restore(name)
+                    self.restore(name, saved)
                 except LmchatError as exc:
                     self.notify(f"lmchat: {name!r} could not be restored: {exc}")
             if name in self.statuses:
