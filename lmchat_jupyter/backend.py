@@ -7,11 +7,12 @@ The engine (``kvcache``, ``conversation``, ``session``, ``rendering``) talks to 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from .results import GenerationOptions
 
-__all__ = ["Backend", "CacheOwner", "Sampler"]
+__all__ = ["Backend", "CacheOwner", "Sampler", "ServerBackend", "ServerReport", "on_server"]
 
 #: Picks the next token from the logits of the last evaluated position.
 Sampler = Callable[[], int]
@@ -77,3 +78,33 @@ class CacheOwner(Protocol):
 
     def park(self) -> None:
         """Copy the tokens' state out of the backend, to bring it back later."""
+
+
+@dataclass(frozen=True)
+class ServerReport:
+    """What a server said about the answer it last streamed; None where it did not say."""
+
+    completion_tokens: int | None = None
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
+    finish_reason: str | None = None  #: "stop" or "length" (the server's own max_tokens)
+
+
+@runtime_checkable
+class ServerBackend(Protocol):
+    """A :class:`Backend` whose answers come from a server that reads the whole conversation when asked.
+
+    Its :meth:`Backend.evaluate` only records tokens, so evaluating costs nothing here and shows no
+    progress; the server limits an answer to ``max_tokens`` in its own tokens and may count them.
+    """
+
+    def persistence(self) -> str:
+        """How a conversation on it persists, for the user: ``history-only (server: …)``."""
+
+    def last_report(self) -> ServerReport | None:
+        """The server's figures for the answer just finished (None: none, or it was cut short)."""
+
+
+def on_server(backend: Backend) -> ServerBackend | None:
+    """``backend`` as a :class:`ServerBackend`, or None for a runtime in this process."""
+    return backend if isinstance(backend, ServerBackend) else None

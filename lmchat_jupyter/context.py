@@ -79,6 +79,8 @@ class ChatContext:
         """Evaluate the whole history, message by message, then the next message's opening."""
         self.cache.activate()
         evaluated = 0
+        if not self.cache.shows_progress:
+            progress = None
         whole = _WholeProgress(progress, self._tokens_to_prefill()) if progress is not None else None
         for end in range(1, len(self.history) + 1):
             target = self.render(False, upto=end)

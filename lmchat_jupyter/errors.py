@@ -18,6 +18,7 @@ __all__ = [
     "ServerError",
     "ServerUnreachableError",
     "ServerAuthError",
+    "ServerModelError",
     "ServerContextTooSmallError",
     "SlotStorageError",
 ]
@@ -107,6 +108,10 @@ class ServerUnreachableError(ServerError):
 
 class ServerAuthError(ServerError):
     """The inference server refused the API key (HTTP 401 or 403)."""
+
+
+class ServerModelError(ServerError):
+    """The server does not serve the model a conversation uses (any more): the message names those it serves."""
 
 
 class ServerContextTooSmallError(ServerError, ContextOverflowError):

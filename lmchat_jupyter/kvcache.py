@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from . import interrupts
+from .backend import on_server
 from .errors import ContextOverflowError
 from .models import Model
 
@@ -62,6 +63,8 @@ class KVCache:
         #: The best logits saved with a restored KV state that still has to be checked (at its first use).
         self.pending_check: list[tuple[int, float]] | None = None
         self._parked: bytes | None = None
+        #: Whether evaluating is work worth a progress bar (on a server backend it only records tokens).
+        self.shows_progress = on_server(model.backend) is None
 
     @property
     def tokens(self) -> list[int]:
@@ -176,6 +179,8 @@ class KVCache:
         """Evaluate ``tokens`` in batches; the caller records their text once all are in."""
         step = max(1, self.backend.n_batch)
         before = len(self.state.tokens)
+        if not self.shows_progress:
+            progress = None
         if progress is not None and tokens:
             progress(0, len(tokens))  # a bar shows from the first token, not after the first batch
         try:

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import session_format, signing
 from ._version import __version__
+from .backend import on_server
 from .errors import HistoryFormatError, SessionCorruptError, SessionMismatchError, SessionNotFoundError
 from .history import ChatHistory
 from .kvcache import EngineState, KVCache, Progress
@@ -145,6 +146,7 @@ def load_into(cache: KVCache, saved: SavedSession, verify: str, use_kv: bool, pr
     otherwise the saved tokens are evaluated again: slower, same result.
     """
     loaded = use_kv and cache.load(saved.state, saved.kv)
+    server = on_server(cache.backend)
     note = "full session"
     if loaded:
         if _needs_verify(verify, cache.model):
@@ -154,6 +156,8 @@ def load_into(cache: KVCache, saved: SavedSession, verify: str, use_kv: bool, pr
                 loaded = False
             else:
                 cache.check_at_first_use(check)
+    elif use_kv and server is not None:
+        note = f"history ({server.persistence()}: the server reads it again with the next answer)"
     elif use_kv:
         note = "session tokens (llama.cpp refused the saved KV state, so they were evaluated again)"
     else:

@@ -3,19 +3,23 @@
 Ctrl-C takes effect between evaluated batches and between tokens only (and while a piece of the
 answer is handed out), so an interrupted turn leaves the history and the cache agreeing: it keeps
 the partial answer (``finish_reason: interrupted``) with exactly its tokens in the cache, or leaves no
-trace when no token was generated.
+trace when no token was generated. An answer from a server that fails (a ServerError: the server went
+away, refused the key) leaves no trace either: the history is as before the turn, and the next one retries.
 """
 
 from __future__ import annotations
 
 import codecs
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from . import interrupts
+from .backend import ServerReport, on_server
 from .context import ChatContext
+from .errors import ServerError
 from .history import Message
 from .results import GenerationOptions, TurnResult
 
@@ -87,8 +91,11 @@ def run_turn(
     generated = 0
     first_token_at: float | None = None
     finish = "length"
+    server = on_server(backend)
+    # A server counts an answer's max_tokens in its own tokens, and stops there itself.
+    limit = opts.max_tokens if server is None else sys.maxsize
     try:
-        while generated < opts.max_tokens:
+        while generated < limit:
             interrupts.checkpoint()
             if len(cache.tokens) >= context.model.n_ctx:
                 break
@@ -111,8 +118,8 @@ def run_turn(
                 with interrupts.released():
                     yield piece
         cache.logits_fresh = True
-    except BaseException:
-        finish = "interrupted"
+    except BaseException as exc:
+        finish = "failed" if isinstance(exc, ServerError) else "interrupted"
         cache.repair()
         raise
     finally:
@@ -121,14 +128,22 @@ def run_turn(
         pieces.append(tail)
         cache.state.mark()
         text = "".join(pieces)
-        if prompt is not None and generated == 0 and finish == "interrupted":
-            # Nothing was generated: the turn leaves no trace at all.
-            history.messages.pop()
+        if finish == "failed" or (prompt is not None and generated == 0 and finish == "interrupted"):
+            # Nothing was generated, or the server failed: the turn leaves no trace at all.
+            if user is not None:
+                history.messages.pop()
             context.cut_back()
-            hooks.emit("rewound", text="the turn was interrupted before its answer began")
+            why = (
+                "the server failed before the answer was complete"
+                if finish == "failed"
+                else "the turn was interrupted before its answer began"
+            )
+            hooks.emit("rewound", text=why)
         else:
             end = time.perf_counter()
             first = first_token_at or end
+            report = server.last_report() if server is not None and finish == "stop" else None
+            generated, evaluated, cached, finish = _as_reported(report, generated, evaluated, cached, finish)
             rate = (generated - 1) / (end - first) if generated > 1 and end > first else 0.0
             # When and how fast, kept with the answer so that every view can show it after a restart.
             meta: dict[str, Any] = {
@@ -159,3 +174,19 @@ def run_turn(
                 context.evaluate_next_opening()
             hooks.emit("message_added", answer)
             hooks.emit("turn_finished", answer)
+
+
+def _as_reported(
+    report: ServerReport | None, generated: int, evaluated: int, cached: int, finish: str
+) -> tuple[int, int, int, str]:
+    """The answer's counts as the server gave them, where it did: its tokens rather than lmchat's units."""
+    if report is None:
+        return generated, evaluated, cached, finish
+    if report.completion_tokens is not None:
+        generated = report.completion_tokens
+    if report.prompt_tokens is not None:
+        cached = report.cached_tokens or 0
+        evaluated = report.prompt_tokens - cached
+    if report.finish_reason == "length":
+        finish = "length"
+    return generated, evaluated, cached, finish

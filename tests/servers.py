@@ -113,8 +113,8 @@ class LlamaServer:
 class OpenAIServer:
     """llama-cpp-python's own OpenAI-compatible server (``python -m llama_cpp.server``) on 127.0.0.1."""
 
-    def __init__(self, model: Path, log_dir: Path, *, api_key: str | None = None) -> None:
-        self.port = free_port()
+    def __init__(self, model: Path, log_dir: Path, *, api_key: str | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--n_ctx", "2048", "--n_threads", "2", "--verbose", "False"]

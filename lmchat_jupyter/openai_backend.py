@@ -1,0 +1,203 @@
+"""A backend on any OpenAI-compatible ``/v1/chat/completions`` endpoint (vLLM, Ollama, LM Studio, llama-cpp-python).
+
+Such a server gives no access to tokens, so the tokens are lmchat's own (:mod:`text_units`): the messages
+rendered as records, up to three bytes a unit. :meth:`OpenAIBackend.evaluate` only records them; the first
+:meth:`~OpenAIBackend.sampler` call of an answer reads the messages back from them and streams one chat
+completion, whose text is then handed out a unit per call, the end of the stream as :data:`END`.
+Persistence is history-only: there is no state to save, so a restored conversation is its history (which
+costs nothing to evaluate here), and the server reads it again with the next answer unless it caches
+prompts itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from typing import Any
+
+from . import interrupts
+from .backend import Sampler, ServerReport
+from .errors import ServerError, ServerModelError
+from .openai_client import ChatStream, OpenAICompatibleClient
+from .results import GenerationOptions
+from .server_probe import ServerTier
+from .text_units import N_UNITS, decode_units, encode_units, read_chat, render_chat
+
+__all__ = ["OpenAIBackend", "END", "UNITS_PER_SERVER_TOKEN", "DEFAULT_N_CTX"]
+
+#: The unit that ends an answer.
+END = N_UNITS
+#: A server's context in units: a token is rarely more than six bytes of text (two units). Erring large lets
+#: the server say when a conversation no longer fits (ServerContextTooSmallError) rather than lmchat guess.
+UNITS_PER_SERVER_TOKEN = 2
+#: Where the server does not say its context: as many units as the largest history lmchat reads.
+DEFAULT_N_CTX = 1 << 24
+
+
+class OpenAIBackend:
+    """A :class:`~lmchat_jupyter.backend.Backend` (and ``ServerBackend``) on the endpoint ``tier`` describes."""
+
+    def __init__(self, tier: ServerTier, api_key: str | None = None) -> None:
+        self.tier = tier
+        self.client = OpenAICompatibleClient(tier.url, api_key)
+        self.model_id = str(tier.fingerprint["model"])
+        self.name = self.model_id
+        self._tokens: list[int] = []
+        self._answer: Generator[int, None, None] | None = None
+        self._stream: ChatStream | None = None
+        self._handed: int | None = None  # the unit just handed out, which the engine evaluates next
+        self._report: ServerReport | None = None
+
+    # --- facts ----------------------------------------------------------------------------------
+
+    @property
+    def n_ctx(self) -> int:
+        return self.tier.n_ctx * UNITS_PER_SERVER_TOKEN if self.tier.n_ctx > 0 else DEFAULT_N_CTX
+
+    @property
+    def n_batch(self) -> int:
+        return self.n_ctx  # evaluating only records tokens: one call takes them all
+
+    @property
+    def n_vocab(self) -> int:
+        return N_UNITS + 1
+
+    def describe(self) -> dict[str, Any]:
+        return {"server": "openai", "url": self.tier.url, "model": self.model_id, "tier": "history-only"}
+
+    def persistence(self) -> str:
+        return f"history-only (server: OpenAI-compatible at {self.tier.url}, model {self.model_id})"
+
+    def last_report(self) -> ServerReport | None:
+        return self._report
+
+    # --- text -----------------------------------------------------------------------------------
+
+    def format_chat(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+        return render_chat(messages, generation_prompt)
+
+    def tokenize(self, text: str) -> list[int]:
+        return encode_units(text.encode("utf-8"))
+
+    def detokenize(self, tokens: Sequence[int], special: bool = False) -> bytes:
+        return decode_units(tokens)
+
+    # --- the sequence ---------------------------------------------------------------------------
+
+    def evaluate(self, tokens: Sequence[int]) -> None:
+        if self._handed is not None and len(tokens) == 1 and tokens[0] == self._handed:
+            self._handed = None  # the answer goes on
+        else:
+            self._close()
+        self._tokens.extend(tokens)
+
+    def sampler(self, options: GenerationOptions) -> Sampler:
+        self._close()  # each answer is a request of its own
+
+        def sample() -> int:
+            if self._answer is None:
+                self._answer = self._start(options)
+            # Waiting for the server is the whole of an answer's time here: Ctrl-C ends the wait (the engine
+            # then cuts the sequence back, which closes the stream, and so stops the server's generation).
+            try:
+                with interrupts.released():
+                    unit = next(self._answer, END)
+            except ServerError as exc:
+                self._close()
+                raise self._explained(exc) from None
+            self._handed = None if unit == END else unit
+            return unit
+
+        return sample
+
+    def is_end(self, token: int) -> bool:
+        return token == END
+
+    def cut(self, n_tokens: int) -> bool:
+        self._close()
+        del self._tokens[n_tokens:]
+        return True
+
+    def clear(self) -> None:
+        self._close()
+        self._tokens.clear()
+
+    def top_logits(self, k: int) -> list[tuple[int, float]]:
+        return []  # the server shows none: a saved session carries no logits to check
+
+    # --- state: none to keep --------------------------------------------------------------------
+
+    def state_size(self) -> int:
+        return 0
+
+    def export_state(self, buffer: bytearray | memoryview, offset: int = 0) -> int:
+        return 0
+
+    def import_state(self, data: bytes | memoryview, tokens: Sequence[int]) -> bool:
+        return False  # the engine evaluates the tokens again, which here only records them
+
+    # --- the answer -----------------------------------------------------------------------------
+
+    def _start(self, options: GenerationOptions) -> Generator[int, None, None]:
+        self._report = None
+        messages = read_chat(decode_units(self._tokens).decode("utf-8", errors="replace"))
+        sampling: dict[str, Any] = {"temperature": options.temperature, "top_p": options.top_p}
+        if options.seed is not None:
+            sampling["seed"] = options.seed
+        # The request goes out at the first unit asked for.
+        self._stream = self.client.stream_chat(
+            messages,
+            model=self.model_id,
+            max_tokens=options.max_tokens,
+            stream_options={"include_usage": True},
+            **sampling,
+        )
+        return self._units(self._stream)
+
+    def _units(self, stream: ChatStream) -> Generator[int, None, None]:
+        pieces = 0
+        for piece in stream:
+            pieces += 1
+            yield from encode_units(piece.encode("utf-8"))
+        usage = stream.usage
+        details = usage.get("prompt_tokens_details")
+        completion = _count(usage.get("completion_tokens"))
+        self._report = ServerReport(
+            # Without the server's count (llama-cpp-python sends none while streaming): the pieces, one token
+            # each where a server streams token by token (llama-cpp-python's and llama-server do).
+            completion_tokens=pieces if completion is None else completion,
+            prompt_tokens=_count(usage.get("prompt_tokens")),
+            cached_tokens=_count(details.get("cached_tokens")) if isinstance(details, dict) else None,
+            finish_reason=stream.finish_reason,
+        )
+
+    def _close(self) -> None:
+        """End the answer being streamed, if any: its connection closes, and the server stops generating."""
+        answer, stream = self._answer, self._stream
+        self._answer = self._stream = None
+        self._handed = None
+        if answer is not None:
+            answer.close()
+        close = getattr(stream.events, "close", None) if stream is not None else None
+        if close is not None:
+            close()
+
+    def _explained(self, exc: ServerError) -> ServerError:
+        """``exc``, or :class:`ServerModelError` where the refusal comes from a model the server no longer has."""
+        if exc.status not in (400, 404):
+            return exc
+        try:
+            served = self.client.models()
+        except ServerError:
+            return exc
+        if self.model_id in served:
+            return exc
+        return ServerModelError(
+            f"{self.tier.url} does not serve {self.model_id!r} any more (it serves: {', '.join(served) or 'nothing'}). "
+            f"Load {self.model_id} on the server, or run `%%chat --model {self.tier.url}` again to use what it serves "
+            "now; the conversation is kept",
+            exc.status,
+        )
+
+
+def _count(value: object) -> int | None:
+    return value if isinstance(value, int) and value >= 0 else None
