@@ -11,7 +11,7 @@ prompts itself.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import Any
 
 from . import interrupts
@@ -41,13 +41,36 @@ class OpenAIBackend:
         self.client = OpenAICompatibleClient(tier.url, api_key)
         self.model_id = str(tier.fingerprint["model"])
         self.name = self.model_id
+        #: The conversation whose tokens the sequence holds (unused: nothing is kept on the server).
+        self.label: str | None = None
+        #: Why the server could not be used as expected, the last time (never set: history-only has no such case).
+        self.notice: str | None = None
         self._tokens: list[int] = []
         self._answer: Generator[int, None, None] | None = None
         self._stream: ChatStream | None = None
         self._handed: int | None = None  # the unit just handed out, which the engine evaluates next
         self._report: ServerReport | None = None
+        self._empty_answer = False  # the server's answer ended before a single event
 
     # --- facts ----------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The server's base address."""
+        return self.tier.url
+
+    @property
+    def model_file(self) -> str:
+        """The model as the server names it (its id in ``/v1/models``)."""
+        return self.model_id
+
+    @property
+    def api_key(self) -> str | None:
+        return self.client.http.api_key
+
+    @api_key.setter
+    def api_key(self, key: str | None) -> None:
+        self.client.http.api_key = key
 
     @property
     def n_ctx(self) -> int:
@@ -102,8 +125,9 @@ class OpenAIBackend:
                 with interrupts.released():
                     unit = next(self._answer, END)
             except ServerError as exc:
+                empty = self._empty_answer
                 self._close()
-                raise self._explained(exc) from None
+                raise self._explained(exc, empty) from None
             self._handed = None if unit == END else unit
             return unit
 
@@ -151,7 +175,21 @@ class OpenAIBackend:
             stream_options={"include_usage": True},
             **sampling,
         )
+        self._stream.events = self._watched(self._stream.events)
         return self._units(self._stream)
+
+    def _watched(self, events: Iterator[dict[str, Any]]) -> Generator[dict[str, Any], None, None]:
+        self._empty_answer = False
+        seen = 0
+        try:
+            for event in events:
+                seen += 1
+                yield event
+        finally:
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()  # the connection closes now, even when the answer is abandoned
+        self._empty_answer = seen == 0
 
     def _units(self, stream: ChatStream) -> Generator[int, None, None]:
         pieces = 0
@@ -181,8 +219,16 @@ class OpenAIBackend:
         if close is not None:
             close()
 
-    def _explained(self, exc: ServerError) -> ServerError:
-        """``exc``, or :class:`ServerModelError` where the refusal comes from a model the server no longer has."""
+    def _explained(self, exc: ServerError, empty: bool) -> ServerError:
+        """``exc``, or what it means: :class:`ServerModelError` where the refusal comes from a model the server
+        no longer has; an answer that ended before it began is a refusal that gives no reason."""
+        if empty:
+            return ServerError(
+                f"{self.tier.url} ended its answer before it began, without a reason; llama-cpp-python's server "
+                "does so for a conversation that does not fit in its context (--n_ctx). Drop turns "
+                "(`%chat rewind N`), start a new conversation or give the server a larger context; the "
+                "conversation is kept"
+            )
         if exc.status not in (400, 404):
             return exc
         try:

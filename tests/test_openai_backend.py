@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from lmchat_jupyter import Conversation, Model, ModelSettings
-from lmchat_jupyter.errors import ServerAuthError, ServerUnreachableError
+from lmchat_jupyter.errors import ServerAuthError, ServerError, ServerUnreachableError
 from lmchat_jupyter.openai_backend import OpenAIBackend
 from lmchat_jupyter.openai_client import OpenAICompatibleClient
 from lmchat_jupyter.results import GenerationOptions
@@ -197,3 +197,14 @@ def test_the_server_s_figures_are_the_answer_s(server: OpenAIServer) -> None:
     result = conv.submit("Count from one to twenty.", max_tokens=6)
     assert result.finish_reason == "length" and result.generated_tokens == 6
     assert result.message.meta["tokens"] == 6 and result.message.meta["finish_reason"] == "length"
+
+
+def test_a_conversation_larger_than_the_server_s_context_is_refused_and_kept(server: OpenAIServer) -> None:
+    conv = Conversation(server_model(server.url), system=SYSTEM, options=GREEDY)
+    conv.submit("Remember this code word: PAPAYA.")
+    before = [m.to_json() for m in conv.history]
+    # llama-cpp-python's server answers an empty stream (its log says why): the error says what it likely means.
+    with pytest.raises(ServerError, match="does not fit in its context"):
+        conv.submit("The sea is wide and deep. " * 400)  # about 2,800 tokens; the server gives 2,048
+    assert [m.to_json() for m in conv.history] == before
+    assert conv.submit("What was the code word?").text == direct_answer(server.url, sent(conv))
