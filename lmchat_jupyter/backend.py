@@ -21,6 +21,10 @@ Sampler = Callable[[], int]
 class Backend(Protocol):
     """A runtime that holds one sequence's KV cache: positions ``0 .. n-1`` for the tokens evaluated so far."""
 
+    #: The id of the conversation whose tokens the sequence holds, set by the engine whenever another
+    #: conversation takes the backend: a runtime that keeps states outside the process names them after it.
+    label: str | None
+
     @property
     def n_ctx(self) -> int:
         """How many positions the sequence can hold."""

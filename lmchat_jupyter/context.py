@@ -35,7 +35,7 @@ class ChatContext:
         self.model = model
         self.history = history
         self.renderer = ChatRenderer(model.backend)
-        self.cache = KVCache(model, on_failed_check)
+        self.cache = KVCache(model, on_failed_check, history.conversation_id)
         self.on_dropped = on_dropped
 
     def render(self, generation_prompt: bool, upto: int | None = None) -> str:

@@ -204,7 +204,7 @@ class Conversation:
             history = self.history.copy()
             history.conversation_id = new_id()
             twin = type(self)(self.model, history=history, **kwargs)
-            twin.context.cache = self.cache.copy(twin._restored_state_failed)
+            twin.context.cache = self.cache.copy(twin._restored_state_failed, history.conversation_id)
         return twin
 
     def drop_turns(self, n_turns: int) -> int:

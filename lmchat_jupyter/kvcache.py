@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 from . import interrupts
 from .backend import on_server
-from .errors import ContextOverflowError
 from .models import Model
 
 __all__ = ["EngineState", "KVCache", "Progress", "logits_agree"]
@@ -52,8 +51,12 @@ class EngineState:
 class KVCache:
     """One conversation's tokens in ``model``'s backend: evaluation, cutting back, parking and checks."""
 
-    def __init__(self, model: Model, on_failed_check: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, model: Model, on_failed_check: Callable[[], None] | None = None, label: str | None = None
+    ) -> None:
         self.model = model
+        #: The conversation's id: the backend's ``label`` while these tokens are the ones it holds.
+        self.label = label
         #: Called when a restored state fails its check at first use (its tokens are then evaluated again).
         self.on_failed_check = on_failed_check
         self.backend = model.backend
@@ -75,10 +78,10 @@ class KVCache:
         """Whether these tokens are the ones in the backend now."""
         return self.model.owner is self
 
-    def copy(self, on_failed_check: Callable[[], None] | None = None) -> KVCache:
-        """A second cache with the same tokens: the KV bytes are copied out now (or the parked ones
-        shared) and loaded into the backend when the copy is first activated."""
-        twin = KVCache(self.model, on_failed_check)
+    def copy(self, on_failed_check: Callable[[], None] | None = None, label: str | None = None) -> KVCache:
+        """A second cache with the same tokens (for the conversation ``label``): the KV bytes are copied
+        out now (or the parked ones shared) and loaded into the backend when the copy is first activated."""
+        twin = KVCache(self.model, on_failed_check, label)
         twin.state = copy.deepcopy(self.state)
         twin.pending_check = self.pending_check
         if self.active and self.state.tokens:
@@ -98,6 +101,7 @@ class KVCache:
         if owner is not None:
             owner.park()
         self.model.owner = self
+        self.backend.label = self.label
         self.backend.clear()
         parked, self._parked = self._parked, None
         if parked is not None and self.state.tokens and self.backend.import_state(parked, self.state.tokens):
@@ -165,11 +169,7 @@ class KVCache:
             shorter = make_room() if make_room is not None else None
             if shorter is not None:
                 return self.sync(shorter, reserve, evaluate, progress, make_room)
-            raise ContextOverflowError(
-                f"the conversation needs {needed:,} tokens but {self.model.name} was loaded with n_ctx="
-                f"{self.model.n_ctx:,}. Rewind or clear it, load the model with a larger n_ctx, or use "
-                "context_policy='drop_oldest'"
-            )
+            raise self.model.context_overflow(needed)
         self.evaluate(new_tokens, progress)
         state.text += new_text
         state.mark()

@@ -49,6 +49,7 @@ class LlamaBackend:
         self.llm = llm
         self.path = path
         self.kv_settings = kv_settings
+        self.label: str | None = None  # the states are bytes in this process: nothing is named after it
         self.metadata: dict[str, str] = dict(llm.metadata)
         self.chat_template = template_for(self.metadata)
         self.name = self.metadata.get("general.name") or path.stem

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .backend import Backend, CacheOwner
+from .errors import ContextOverflowError
 from .llama_load import DEFAULT_N_CTX, KV_TYPES, barriers_sleep, gpu_offload, open_backend
 from .model_specs import resolve_model_path
 
@@ -140,6 +141,14 @@ class Model:
     def fingerprint(self) -> dict[str, Any]:
         """Everything a saved KV state depends on; a session loads only where all of it matches."""
         return self.backend.describe()
+
+    def context_overflow(self, needed: int) -> ContextOverflowError:
+        """The error for a conversation that needs ``needed`` positions, more than the model has."""
+        return ContextOverflowError(
+            f"the conversation needs {needed:,} tokens but {self.name} was loaded with n_ctx="
+            f"{self.n_ctx:,}. Rewind or clear it, load the model with a larger n_ctx, or use "
+            "context_policy='drop_oldest'"
+        )
 
     def describe(self) -> str:
         """``name (file.gguf, n_ctx=N)``."""
