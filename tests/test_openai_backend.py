@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -102,6 +103,7 @@ def test_rewind_and_fork_send_each_conversation_its_own_history(server: OpenAISe
 
 RESTORE = """
 import sys
+import threading
 from pathlib import Path
 from lmchat_jupyter import Conversation, Model, ModelSettings
 from lmchat_jupyter.openai_backend import OpenAIBackend
@@ -207,4 +209,20 @@ def test_a_conversation_larger_than_the_server_s_context_is_refused_and_kept(ser
     with pytest.raises(ServerError, match="does not fit in its context"):
         conv.submit("The sea is wide and deep. " * 400)  # about 2,800 tokens; the server gives 2,048
     assert [m.to_json() for m in conv.history] == before
+    assert conv.submit("What was the code word?").text == direct_answer(server.url, sent(conv))
+
+
+def test_ctrl_c_while_the_server_reads_the_prompt_ends_the_wait(server: OpenAIServer) -> None:
+    conv = Conversation(server_model(server.url), system=SYSTEM, options=GREEDY)
+    conv.submit("Remember this code word: PAPAYA.")
+    before = [m.to_json() for m in conv.history]
+    # About 350 tokens for the server to read first (seconds here): the signal comes before any token.
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            conv.submit("The sea is wide and deep. " * 50 + "Tell me a long story.", max_tokens=200)
+    finally:
+        timer.cancel()
+    assert [m.to_json() for m in conv.history] == before  # no partial answer: the wait itself was interrupted
     assert conv.submit("What was the code word?").text == direct_answer(server.url, sent(conv))
