@@ -2,6 +2,9 @@
 
 The temp file is created anew (``O_EXCL``, never through a link) and renamed over the target, so
 whatever stood at the target (a link included) is replaced, never written through.
+
+:func:`append_whole` adds bytes at the end of a file this process wrote, only while it is still that
+file: readers of such a file take what was whole before a torn end (session records).
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from .errors import StorageError
-from .safe_files import create_new
+from .safe_files import create_new, open_appendable
 
-__all__ = ["atomic_write", "TEMP_SUFFIX"]
+__all__ = ["atomic_write", "atomic_write_stat", "append_whole", "TEMP_SUFFIX"]
 
 TEMP_SUFFIX = ".lmchat-tmp"
 
@@ -27,6 +30,11 @@ def atomic_write(path: Path, chunks: Iterable[bytes | bytearray | memoryview]) -
     Returns the number of bytes written. On any failure the temp file is removed, the previous file
     is left as it was, and :class:`StorageError` says what went wrong.
     """
+    return atomic_write_stat(path, chunks).st_size
+
+
+def atomic_write_stat(path: Path, chunks: Iterable[bytes | bytearray | memoryview]) -> os.stat_result:
+    """:func:`atomic_write`, returning the new file's ``fstat`` (taken before the rename: this file's)."""
     path = Path(path)
     # A unique temp file per write: two saves of one file at once (the background autosave and an
     # explicit save) must never write into the same temp file and rename a torn mix into place.
@@ -42,6 +50,7 @@ def atomic_write(path: Path, chunks: Iterable[bytes | bytearray | memoryview]) -
                     written += n
                     view = view[n:]
             os.fsync(fd)
+            info = os.fstat(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -50,7 +59,40 @@ def atomic_write(path: Path, chunks: Iterable[bytes | bytearray | memoryview]) -
             tmp.unlink()
         raise StorageError(f"could not write {path}: {exc.strerror or exc}. The previous file is unchanged.") from exc
     _fsync_dir(path.parent)
-    return written
+    assert info.st_size == written
+    return info
+
+
+def append_whole(
+    path: Path, chunks: Iterable[bytes | bytearray | memoryview], expected: tuple[int, int, int, int]
+) -> os.stat_result | None:
+    """Append ``chunks`` to ``path`` and fsync, if ``path`` is still the file ``expected`` names
+    (``(st_dev, st_ino, st_size, st_mtime_ns)``, a regular file with one name); None, writing
+    nothing, where it is not.
+
+    On a failed write :class:`StorageError`; the bytes before the append are never touched, and what
+    was appended is a torn end that readers ignore (the caller writes the whole file next time).
+    """
+    fd = open_appendable(path)
+    if fd is None:
+        return None
+    try:
+        info = os.fstat(fd)
+        if (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns) != expected or info.st_nlink != 1:
+            return None
+        for chunk in chunks:
+            view = memoryview(chunk).cast("B")
+            while view:
+                view = view[os.write(fd, view) :]
+        os.fsync(fd)
+        return os.fstat(fd)
+    except OSError as exc:
+        raise StorageError(
+            f"could not append to {path}: {exc.strerror or exc}. What it held before is unchanged; "
+            "the next save writes it whole"
+        ) from exc
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -12,7 +12,16 @@ from typing import Any, Protocol, runtime_checkable
 
 from .results import GenerationOptions
 
-__all__ = ["Backend", "CacheOwner", "Sampler", "ServerBackend", "ServerReport", "on_server"]
+__all__ = [
+    "Backend",
+    "CacheOwner",
+    "Sampler",
+    "ServerBackend",
+    "ServerReport",
+    "on_server",
+    "DeltaStates",
+    "delta_states",
+]
 
 #: Picks the next token from the logits of the last evaluated position.
 Sampler = Callable[[], int]
@@ -75,6 +84,31 @@ class Backend(Protocol):
 
     def import_state(self, data: bytes | memoryview, tokens: Sequence[int]) -> bool:
         """Load a state exported for ``tokens`` into the emptied sequence; False (sequence empty) if refused."""
+
+
+@runtime_checkable
+class DeltaStates(Protocol):
+    """Optional: a backend that can take the state of the positions from one point on alone, and add
+    such a state back after the positions it holds (what lets a save append only what a turn added).
+    A backend without it is saved whole every time."""
+
+    @property
+    def deltas_supported(self) -> bool:
+        """Whether this backend, as loaded, can do it (a llama.cpp context with a scratch sequence)."""
+
+    def export_delta(self, first: int) -> memoryview:
+        """The state of positions ``first ..`` to the end alone (empty when there are none)."""
+
+    def import_delta(self, data: bytes | memoryview, tokens: Sequence[int]) -> bool:
+        """Add a state exported by :meth:`export_delta` after the positions held now, which brings them to
+        ``tokens``; False (the positions held before unchanged) if refused."""
+
+
+def delta_states(backend: object) -> DeltaStates | None:
+    """``backend`` where it can take and add back the states of later positions alone; else None."""
+    if isinstance(backend, DeltaStates) and backend.deltas_supported:
+        return backend
+    return None
 
 
 class CacheOwner(Protocol):

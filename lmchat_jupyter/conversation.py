@@ -15,7 +15,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import interrupts, session
+from . import interrupts, session, session_save
+from .atomic import append_whole, atomic_write_stat
 from .context import ChatContext
 from .errors import ConversationBusyError, LmchatError, NothingToSaveError
 from .events import ConversationEvent, EventHub
@@ -65,7 +66,12 @@ class Conversation:
         #: The history as the model sees it, and the cache of its tokens.
         self.context = self._context_on(model)
         self._turn_lock = threading.Lock()
+        self._save_lock = threading.Lock()
         self._stop = threading.Event()
+        #: The file this conversation last saved to or was restored from, where a save may append.
+        self._saved_at: session_save.SessionPoint | None = None
+        #: What the last save to a file wrote (its size and kind; for measurements).
+        self.last_save: session_save.SavePlan | None = None
 
     def __repr__(self) -> str:
         return f"Conversation(id={self.history.conversation_id!r}, messages={len(self.history)}, model={self.model.name!r})"
@@ -251,22 +257,40 @@ class Conversation:
     # --- persistence ----------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike[str] | None = None) -> bytes | None:
-        """Save the full session (history, KV state, model fingerprint, settings).
+        """Save the session (history, KV state, model fingerprint, settings).
 
-        With a path the file is written atomically and ``None`` is returned; without one the session
-        is returned as bytes.
+        With a path the file is written and ``None`` is returned; without one the whole session is
+        returned as bytes. A file this conversation saved or was restored from gets a record of what
+        changed since (the new turns' tokens and KV state), appended and fsynced; otherwise, and after
+        a rewind into what the file holds, the file is written whole, atomically.
         """
-        from .atomic import atomic_write
-
         if self.history.user_message_count == 0:
             raise NothingToSaveError("the conversation has no turns yet; send a message before saving")
-        with self._turn_lock, self.model.lock, interrupts.held():
-            self.cache.activate()
-            chunks = session.session_chunks(self.history, self.model, self.cache)
-        # The file is written outside the locks: the next turn need not wait for the disk.
-        if path is None:
-            return b"".join(chunks)
-        atomic_write(Path(path), chunks)
+        target = None if path is None else Path(path)
+        # One save at a time: a record follows what the previous save wrote.
+        with self._save_lock:
+            with self._turn_lock, self.model.lock, interrupts.held():
+                self.cache.activate()
+                plan = session_save.plan_save(self.history, self.model, self.cache, self._saved_at, target)
+            # The file is written outside the turn's locks: the next turn need not wait for the disk.
+            if target is None:
+                return b"".join(plan.chunks)
+            self.last_save = plan
+            self._saved_at = None  # until the write is known to be whole
+            written = None
+            if plan.append and plan.point.identity is not None:
+                written = append_whole(target, plan.chunks, plan.point.identity)
+                if written is None:  # not the file this process wrote: write it whole
+                    with self._turn_lock, self.model.lock, interrupts.held():
+                        self.cache.activate()
+                        plan = session_save.plan_save(self.history, self.model, self.cache, None, target)
+                    self.last_save = plan
+            if written is None:
+                written = atomic_write_stat(target, plan.chunks)
+            plan.point.path = target
+            plan.point.identity = session_save.identity_of(written)
+            plan.chunks = []  # the sizes stay; the KV bytes go
+            self._saved_at = plan.point
         return None
 
     def switch_model(self, model: Model, progress: Progress | None = None) -> None:
@@ -304,6 +328,7 @@ class Conversation:
             with conv._turn_lock, model.lock, interrupts.held():
                 conv.cache.activate()
                 conv.restored_from = session.load_into(conv.cache, saved, verify, use_kv, progress)
+                conv._saved_at = saved.point
         conv.history.token_count = len(conv.cache.tokens)
         conv._emit("restored", text=conv.restored_from)
         return conv

@@ -13,14 +13,15 @@ Every method expects the caller to hold the model's lock.
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from . import interrupts
-from .backend import on_server
+from .backend import delta_states, on_server
 from .models import Model
 
-__all__ = ["EngineState", "KVCache", "Progress", "logits_agree"]
+__all__ = ["EngineState", "KVCache", "KeptPrefix", "Progress", "logits_agree"]
 
 Progress = Callable[[int, int], None]
 
@@ -48,6 +49,18 @@ class EngineState:
             self.checkpoints.append(point)
 
 
+class KeptPrefix:
+    """How many leading tokens of a cache have stayed as they were (KV bytes included) since it was taken.
+
+    A save keeps one: the next save may append only what follows a prefix that is still there.
+    """
+
+    __slots__ = ("n", "__weakref__")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
 class KVCache:
     """One conversation's tokens in ``model``'s backend: evaluation, cutting back, parking and checks."""
 
@@ -68,6 +81,7 @@ class KVCache:
         self._parked: bytes | None = None
         #: Whether evaluating is work worth a progress bar (on a server backend it only records tokens).
         self.shows_progress = on_server(model.backend) is None
+        self._watches: weakref.WeakSet[KeptPrefix] = weakref.WeakSet()
 
     @property
     def tokens(self) -> list[int]:
@@ -91,6 +105,17 @@ class KVCache:
             twin._parked = self._parked
         return twin
 
+    def watch(self) -> KeptPrefix:
+        """A :class:`KeptPrefix` of the tokens held now, lowered whenever the cache is cut below it."""
+        kept = KeptPrefix(len(self.state.tokens))
+        self._watches.add(kept)
+        return kept
+
+    def _kept_only(self, n_tokens: int) -> None:
+        """The positions from ``n_tokens`` on were dropped or computed again."""
+        for kept in self._watches:
+            kept.n = min(kept.n, n_tokens)
+
     # --- ownership of the backend ---------------------------------------------------------------
 
     def activate(self) -> None:
@@ -105,7 +130,8 @@ class KVCache:
         self.backend.clear()
         parked, self._parked = self._parked, None
         if parked is not None and self.state.tokens and self.backend.import_state(parked, self.state.tokens):
-            return
+            return  # the same KV bytes back in place: every prefix is kept
+        self._kept_only(0)
         self.state = EngineState()
         self.pending_check = None
 
@@ -122,6 +148,7 @@ class KVCache:
         if self.active:
             self.model.owner = None
         self._parked = None
+        self._kept_only(0)
 
     # --- evaluating -----------------------------------------------------------------------------
 
@@ -149,6 +176,7 @@ class KVCache:
             if not self.backend.cut(n_tok):
                 self.backend.clear()
                 text_len, n_tok = 0, 0
+            self._kept_only(n_tok)
             state.cut(text_len, n_tok)
             self.logits_fresh = False
         if not evaluate:
@@ -157,11 +185,13 @@ class KVCache:
         new_tokens = self.backend.tokenize(new_text)
         if not new_tokens and not self.logits_fresh and state.tokens:
             # Sampling needs the last position's logits: decode the last token again.
+            self._kept_only(len(state.tokens) - 1)
             if self.backend.cut(len(state.tokens) - 1):
                 new_tokens = [state.tokens.pop()]
                 new_text = ""  # the cached text already covers the last token
             else:
                 self.backend.clear()
+                self._kept_only(0)
                 new_tokens, new_text = list(state.tokens), state.text
                 state.cut(0, 0)
         needed = len(state.tokens) + len(new_tokens) + reserve
@@ -231,7 +261,9 @@ class KVCache:
 
     def repair(self) -> None:
         """After an interruption, cut the backend back to the tokens the cache knows it holds."""
+        self._kept_only(len(self.state.tokens))
         if not self.backend.cut(len(self.state.tokens)):
+            self._kept_only(0)
             self.backend.clear()
             self.state = EngineState()
             self.pending_check = None
@@ -239,6 +271,7 @@ class KVCache:
 
     def reevaluate(self, state: EngineState, progress: Progress | None) -> None:
         """Evaluate saved tokens from scratch; the same tokens, no KV bytes."""
+        self._kept_only(0)
         self.backend.clear()
         self.pending_check = None
         tokens = state.tokens
@@ -255,6 +288,7 @@ class KVCache:
         """Decode the last cached token again, alone, for fresh logits; False if the cache could not
         be cut back to before it (then it may be cut already: repair or evaluate again)."""
         tokens = self.state.tokens
+        self._kept_only(len(tokens) - 1)
         if not self.backend.cut(len(tokens) - 1):
             return False
         self.backend.evaluate([tokens[-1]])
@@ -263,13 +297,41 @@ class KVCache:
 
     # --- saved states ---------------------------------------------------------------------------
 
-    def load(self, state: EngineState, kv: bytes | memoryview) -> bool:
-        """Take a saved state and its KV bytes (the cache active and just emptied); False if refused."""
-        if not state.tokens or not len(kv) or not self.backend.import_state(kv, state.tokens):
-            return False
-        self.state = state
+    def load(
+        self, state: EngineState, kv: bytes | memoryview, deltas: Sequence[tuple[int, int, memoryview]] = ()
+    ) -> int:
+        """Take a saved state and its KV bytes (the cache active and just emptied); returns how many of
+        its tokens came with their KV bytes (0: refused, nothing taken).
+
+        ``deltas``: the KV states of later positions, in order, each as ``(first, end, bytes)`` for the
+        positions ``first .. end - 1`` (``kv`` holds those before the first). Where the backend refuses one, the tokens
+        from there on are evaluated again.
+        """
+        self._kept_only(0)
+        base = deltas[0][0] if deltas else len(state.tokens)
+        if not base or not len(kv) or not self.backend.import_state(kv, state.tokens[:base]):
+            return 0
+        held = base
+        for first, end, data in deltas:
+            if first != held or (end > first and not self._import_delta(data, state.tokens[:end])):
+                break
+            held = end
         self.logits_fresh = False
-        return True
+        if held == len(state.tokens):
+            self.state = state
+            return held
+        self.state = EngineState(state.tokens[:held], state.text, state.checkpoints)
+        try:
+            self.evaluate(state.tokens[held:])
+        except BaseException:
+            self.backend.clear()
+            self.state = EngineState()
+            raise
+        return held
+
+    def _import_delta(self, data: memoryview, tokens: list[int]) -> bool:
+        backend = delta_states(self.backend)
+        return backend is not None and len(data) > 0 and backend.import_delta(data, tokens)
 
     def check_at_first_use(self, saved_top: list[tuple[int, float]]) -> None:
         """Compare the loaded state's logits with ``saved_top`` before it is next used.

@@ -5,13 +5,17 @@ With ``llama_local`` the only module that calls llama-cpp-python.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
+import threading
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import llama_cpp
+import llama_cpp._internals as llama_internals
 
 from . import _llama_env
 from .errors import ModelLoadError
@@ -32,14 +36,15 @@ def open_backend(path: Path, n_ctx: int | None, settings: dict[str, Any]) -> Lla
     _quiet_llama_log()
     _LLAMA_LOG_RECENT.clear()
     try:
-        llm = llama_cpp.Llama(
-            model_path=str(path),
-            n_ctx=size,
-            type_k=KV_TYPES[settings["type_k"]],
-            type_v=KV_TYPES[settings["type_v"]],
-            verbose=False,
-            **kwargs,
-        )
+        with _scratch_sequence():
+            llm = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=size,
+                type_k=KV_TYPES[settings["type_k"]],
+                type_v=KV_TYPES[settings["type_v"]],
+                verbose=False,
+                **kwargs,
+            )
     except (ValueError, RuntimeError) as exc:
         reasons = [line.strip() for line in _LLAMA_LOG_RECENT if "error" in line.lower()]
         why = f" ({'; '.join(reasons)})" if reasons else ""
@@ -54,6 +59,37 @@ def open_backend(path: Path, n_ctx: int | None, settings: dict[str, Any]) -> Lla
         return open_backend(path, n_train, settings)
     kv_settings = {k: settings[k] for k in ("type_k", "type_v", "flash_attn", "swa_full")}
     return LlamaBackend(llm, path, kv_settings)
+
+
+class _ContextWithScratch(llama_internals.LlamaContext):
+    """llama-cpp-python's context, opened with a second (scratch) sequence for a full-attention model.
+
+    ``Llama`` takes no ``n_seq_max``. Both sequences share one unified cache of ``n_ctx`` cells, so
+    the cache's size, the positions a conversation may use and the state of sequence 0 (what a
+    session holds, byte for byte) are those of a one-sequence context. A sliding-window model keeps
+    one sequence: its window cache would grow with the number of sequences.
+    """
+
+    def __init__(self, *, model: Any, params: Any, verbose: bool = True) -> None:
+        if int(llama_cpp.llama_model_n_swa(model.model)) == 0:
+            params.n_seq_max = 2
+            params.kv_unified = True
+        super().__init__(model=model, params=params, verbose=verbose)
+
+
+_SCRATCH_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _scratch_sequence() -> Iterator[None]:
+    """While a ``Llama`` is built, its context is a :class:`_ContextWithScratch`."""
+    with _SCRATCH_LOCK:
+        original = llama_internals.LlamaContext
+        llama_internals.LlamaContext = _ContextWithScratch  # type: ignore[misc]
+        try:
+            yield
+        finally:
+            llama_internals.LlamaContext = original  # type: ignore[misc]
 
 
 def gpu_offload() -> bool:

@@ -1,6 +1,9 @@
 """The llama.cpp backend in this process: every call into llama-cpp-python goes through here or ``llama_load``.
 
-Sequence 0 is the only one used. Python's own bookkeeping in ``Llama`` (``input_ids``, ``n_tokens``)
+Sequence 0 holds the conversation. Sequence 1, where the context has room for it (``llama_load`` opens
+full-attention models with two sequences in one unified cache), is a scratch sequence: the positions
+of one turn are added to it (no KV bytes move) to take their state alone, and a state loaded into it
+is merged into sequence 0; it is empty at every other moment. Python's own bookkeeping in ``Llama`` (``input_ids``, ``n_tokens``)
 is kept in step with the cache after every change, so llama-cpp-python never decodes on top of a
 cache it misunderstands.
 """
@@ -27,9 +30,10 @@ from .results import GenerationOptions
 if TYPE_CHECKING:
     from .backend import Sampler
 
-__all__ = ["LlamaBackend", "positions", "SEQ"]
+__all__ = ["LlamaBackend", "positions", "SEQ", "SCRATCH"]
 
 SEQ = 0
+SCRATCH = 1
 _TOP_BLOCK = 16384
 
 #: Contexts whose KV buffers may hold bytes that came from outside (a session's KV state) since they
@@ -187,6 +191,60 @@ class LlamaBackend:
         return best[:k]
 
     # --- state in and out -----------------------------------------------------------------------
+
+    @property
+    def deltas_supported(self) -> bool:
+        """Whether the context has a scratch sequence in a unified cache, and no sliding window.
+
+        A sliding-window cache keeps only its window and saves it whole; its states are taken whole.
+        """
+        ctx = self.llm.ctx
+        return self.n_swa == 0 and int(llama_cpp.llama_n_seq_max(ctx)) > SCRATCH
+
+    def export_delta(self, first: int) -> memoryview:
+        """The state of positions ``first`` .. the end alone: they are added to the scratch sequence
+        (the cells are shared, no KV bytes move), whose state llama.cpp writes, and removed from it."""
+        ctx, memory = self.llm.ctx, self.llm._ctx.memory
+        llama_cpp.llama_memory_seq_cp(memory, SEQ, SCRATCH, first, -1)
+        try:
+            size = int(llama_cpp.llama_state_seq_get_size(ctx, SCRATCH))
+            buffer = np.empty(size, dtype=np.uint8)  # not zero-filled: llama.cpp writes every byte
+            dst = buffer.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+            written = int(llama_cpp.llama_state_seq_get_data(ctx, dst, size, SCRATCH))
+        finally:
+            llama_cpp.llama_memory_seq_rm(memory, SCRATCH, -1, -1)
+        return buffer.data[:written]
+
+    def import_delta(self, data: bytes | memoryview, tokens: Sequence[int]) -> bool:
+        """Load a state of later positions into the scratch sequence and merge it into sequence 0,
+        which then holds ``tokens``; False, sequence 0 as it was, when llama.cpp refuses it or its
+        positions do not continue those held."""
+        llm = self.llm
+        ctx, memory = llm.ctx, llm._ctx.memory
+        held = int(llm.n_tokens)
+        array = np.frombuffer(data, dtype=np.uint8)
+        src = ctypes.cast(ctypes.c_void_p(array.ctypes.data), ctypes.POINTER(ctypes.c_uint8))
+        _LOADED_SINCE_ZEROED.add(llm)
+        try:
+            read = int(llama_cpp.llama_state_seq_set_data(ctx, src, len(array), SCRATCH))
+            fits = (
+                read == len(array)
+                and int(llama_cpp.llama_memory_seq_pos_min(memory, SCRATCH)) == held
+                and int(llama_cpp.llama_memory_seq_pos_max(memory, SCRATCH)) == len(tokens) - 1
+            )
+            if fits:
+                llama_cpp.llama_memory_seq_cp(memory, SCRATCH, SEQ, -1, -1)
+        finally:
+            llama_cpp.llama_memory_seq_rm(memory, SCRATCH, -1, -1)
+            del src, array  # an mmap cannot close while a view of it lives
+        if not fits or not self._holds(len(tokens)):
+            if not self.cut(held):
+                self.clear()
+            return False
+        n = len(tokens)
+        llm.input_ids[held:n] = np.asarray(tokens[held:], dtype=np.intc)
+        llm.n_tokens = n
+        return True
 
     def state_size(self) -> int:
         return int(llama_cpp.llama_state_seq_get_size(self.llm.ctx, SEQ))

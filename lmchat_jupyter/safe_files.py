@@ -17,7 +17,15 @@ from pathlib import Path
 
 from .errors import LmchatError, UnsafeFileError
 
-__all__ = ["open_regular", "read_bounded", "create_new", "open_lock_file", "check_folder", "describe_mode"]
+__all__ = [
+    "open_regular",
+    "read_bounded",
+    "create_new",
+    "open_appendable",
+    "open_lock_file",
+    "check_folder",
+    "describe_mode",
+]
 
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -110,6 +118,22 @@ def read_bounded(path: Path, max_bytes: int, *, error: type[LmchatError] = Unsaf
 def create_new(path: Path) -> int:
     """A write-only descriptor of a new file at ``path``; fails if anything, a link included, is there."""
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o644)
+
+
+def open_appendable(path: Path) -> int | None:
+    """A descriptor that appends to ``path`` if it is a regular file with one name, not a link; else None.
+
+    The caller checks on the descriptor that it is the file it wrote before (``fstat``).
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK | _NOFOLLOW | _CLOEXEC)
+    except OSError:
+        return None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        return None
+    return fd
 
 
 def open_lock_file(path: Path) -> int:

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import session_format, signing
-from .errors import HistoryFormatError, LmchatError
+from . import signing
+from .errors import LmchatError
 from .history import LIMITS, ChatHistory
 from .safe_files import open_regular, read_bounded
+from .session import history_in
+from .session_format import read_header
 from .sidecar import Sidecar
 
 __all__ = ["SavedChat", "read_saved", "session_history", "disk_history", "untrusted_model_note"]
@@ -95,7 +97,7 @@ def read_saved(sidecar: Sidecar, name: str) -> SavedChat:
     if os.path.lexists(session_path):
         saved.has_session = True
         with contextlib.suppress(LmchatError, OSError):
-            saved.header = session_format.read_header(session_path)
+            saved.header = read_header(session_path)
             saved.session_signed = signing.header_is_signed(saved.header)
     saved.problems = tuple(problems)
     return saved
@@ -118,15 +120,7 @@ def session_history(path: Path) -> ChatHistory | None:
         return None
     try:
         with memoryview(mapped) as view:
-            section = session_format.salvage(view, "history")
-            if section is None:
-                return None
-            try:
-                return ChatHistory.from_bytes(section)
-            except HistoryFormatError:
-                return None
-            finally:
-                section.release()
+            return history_in(view)
     finally:
         mapped.close()
 

@@ -1,4 +1,9 @@
-"""A conversation's full session as bytes: history + engine state + KV state + model fingerprint, and back."""
+"""A conversation's session as bytes: history + engine state + KV state + model fingerprint, and back.
+
+Reading a session takes its base and then every whole record after it (:mod:`session_records`), in
+order: the KV states of the base and of each record's positions, the tokens and text they add, and
+the history each record changes. What the records make is checked as a base's contents are.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +14,17 @@ import mmap
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import session_format, signing
-from ._version import __version__
+from . import session_format, session_records, session_save, signing
 from .backend import on_server
 from .errors import HistoryFormatError, SessionCorruptError, SessionMismatchError, SessionNotFoundError
 from .history import ChatHistory
-from .kvcache import EngineState, KVCache, Progress
+from .kvcache import EngineState, KeptPrefix, KVCache, Progress
 from .models import Model
 from .safe_files import open_regular
 
@@ -32,46 +36,18 @@ __all__ = [
     "compare_fingerprints",
     "saved_top_logits",
     "VERIFY_MODES",
+    "history_in",
 ]
 
 VERIFY_MODES = ("auto", "always", "never")
-_TOP_K = 8
 
 
 def session_chunks(history: ChatHistory, model: Model, cache: KVCache) -> list[memoryview]:
-    """The bytes of a session, in order (``cache`` must be active).
+    """The bytes of a whole session, in order (``cache`` must be active).
 
     The KV state is copied once, straight from the backend into the buffer that gets written.
     """
-    state = cache.state
-    verify = cache.top_logits_for_save(_TOP_K)
-    # np.empty, not bytearray(size): a bytearray is zero-filled first, touching every page before
-    # llama.cpp writes it (about 0.2 s for the 190 MB of an 8k context).
-    size = model.backend.state_size()
-    kv = np.empty(size, dtype=np.uint8).data
-    written = model.backend.export_state(kv)
-    if written != size:
-        kv = kv[:written]
-    engine = {"text": state.text, "checkpoints": state.checkpoints}
-    header: dict[str, Any] = {
-        "lmchat": __version__,
-        "saved_at": time.time(),
-        "conversation_id": history.conversation_id,
-        "model_spec": model.spec,
-        "n_tokens": len(state.tokens),
-        "compat": model.fingerprint(),
-        "verify": verify,
-    }
-    return session_format.build(
-        header,
-        [
-            ("history", history.to_bytes()),
-            ("engine", json.dumps(engine, ensure_ascii=False).encode("utf-8")),
-            ("tokens", np.asarray(state.tokens, dtype="<i4").tobytes()),
-            ("kv", kv),
-        ],
-        seal=signing.sign_header,
-    )
+    return session_save.full_chunks(history, model, cache, cache.top_logits_for_save(session_save.TOP_K), None).chunks
 
 
 def compare_fingerprints(saved: object, current: dict[str, Any]) -> dict[str, tuple[object, object]]:
@@ -84,7 +60,11 @@ def compare_fingerprints(saved: object, current: dict[str, Any]) -> dict[str, tu
 
 @dataclass
 class SavedSession:
-    """A parsed session that fits the model: its history, engine state, KV bytes and saved logits."""
+    """A parsed session that fits the model: its history, engine state, KV bytes and saved logits.
+
+    ``deltas``: the KV states its records add, as ``(first, end, bytes)`` positions; ``ignored``:
+    why reading stopped before the end of the file (a torn or damaged record), else None.
+    """
 
     source: str
     history: ChatHistory
@@ -92,6 +72,16 @@ class SavedSession:
     kv: memoryview
     verify: object
     started: float
+    deltas: list[tuple[int, int, memoryview]] = field(default_factory=list)
+    ignored: str | None = None
+    #: Where a save may append (a file whose base this user signed, read to its end); else None.
+    point: session_save.SessionPoint | None = None
+    records: list[session_records.ParsedRecord] = field(default_factory=list)
+
+    def release(self) -> None:
+        self.kv.release()
+        for record in self.records:
+            record.release()
 
 
 @contextlib.contextmanager
@@ -107,7 +97,7 @@ def open_session(model: Model, source: str | os.PathLike[str] | bytes | bytearra
         try:
             yield saved
         finally:
-            saved.kv.release()
+            saved.release()
         return
     path = Path(source)
     try:
@@ -119,7 +109,8 @@ def open_session(model: Model, source: str | os.PathLike[str] | bytes | bytearra
             f"no session file at {path}. Check the path, or start a new conversation (Conversation(model))"
         ) from None
     try:
-        size = os.fstat(fd).st_size
+        info = os.fstat(fd)
+        size = info.st_size
         if size == 0:
             raise SessionCorruptError(f"{path} is empty: not a usable lmchat session (an interrupted copy?)")
         try:
@@ -130,10 +121,13 @@ def open_session(model: Model, source: str | os.PathLike[str] | bytes | bytearra
         os.close(fd)
     try:
         saved = _parse(model, memoryview(mapped), str(path), start)
+        if saved.point is not None:
+            saved.point.path = path
+            saved.point.identity = session_save.identity_of(info)
         try:
             yield saved
         finally:
-            saved.kv.release()
+            saved.release()
     finally:
         with contextlib.suppress(BufferError):
             mapped.close()  # a view still alive elsewhere keeps the map until it is freed
@@ -145,9 +139,20 @@ def load_into(cache: KVCache, saved: SavedSession, verify: str, use_kv: bool, pr
     The KV bytes are used where the backend accepts them (checked at first use where ``verify`` asks);
     otherwise the saved tokens are evaluated again: slower, same result.
     """
-    loaded = use_kv and cache.load(saved.state, saved.kv)
+    taken = cache.load(saved.state, saved.kv, saved.deltas) if use_kv else 0
+    loaded = taken > 0
     server = on_server(cache.backend)
     note = "full session"
+    if saved.deltas:
+        note += f" (base + {len(saved.deltas)} record{'s' if len(saved.deltas) > 1 else ''})"
+    if loaded and taken < len(saved.state.tokens):
+        note += f" (llama.cpp refused a record's KV state: {len(saved.state.tokens) - taken} tokens evaluated again)"
+    if saved.ignored is not None:
+        note += f" (the end of the file, not a whole record, was ignored: {saved.ignored})"
+    if loaded and taken == len(saved.state.tokens) and saved.point is not None:
+        saved.point.kept = cache.watch()  # a save may append to this file
+    else:
+        saved.point = None
     if loaded:
         if _needs_verify(verify, cache.model):
             check = saved_top_logits(saved.verify)
@@ -181,12 +186,20 @@ def _parse(model: Model, view: memoryview, source: str, started: float) -> Saved
         engine = json.loads(bytes(parsed.sections["engine"]).decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise _with_history(SessionCorruptError(f"{source}: its contents do not parse ({exc})"), history) from None
+    signed = signing.header_is_signed(parsed.header)
+    scan = session_records.read_records(view, parsed.end, parsed.chain, signed)
     current = model.fingerprint()
     saved = parsed.header.get("compat")
     differences = compare_fingerprints(saved, current)
     if differences:
         what = "; ".join(f"{k}: saved {_short(a)}, now {_short(b)}" for k, a, b in _rows(differences))
         saved_name = saved.get("model_name", "?") if isinstance(saved, dict) else "?"
+        for record in scan.records:
+            try:
+                history = _patched_history(history, record)
+            except SessionCorruptError:
+                break
+        _release(scan.records)
         raise SessionMismatchError(
             f"{source} was saved with {saved_name} under other settings than this kernel's {model.name} ({what}). "
             "Its KV state cannot be used here; restore its history instead: "
@@ -197,8 +210,116 @@ def _parse(model: Model, view: memoryview, source: str, started: float) -> Saved
     try:
         state = _checked_engine_state(engine, tokens, model, source)
     except SessionCorruptError as exc:
+        _release(scan.records)
         raise _with_history(exc, history) from None
-    return SavedSession(source, history, state, parsed.sections["kv"], parsed.header.get("verify"), started)
+    result = SavedSession(source, history, state, parsed.sections["kv"], parsed.header.get("verify"), started)
+    result.ignored = scan.problem
+    for i, record in enumerate(scan.records):
+        try:
+            result.history, result.state, delta = _applied(result.history, result.state, record, model, source)
+        except SessionCorruptError as exc:
+            result.ignored = f"record {i + 1}: {exc}"
+            _release(scan.records[i:])
+            break
+        result.records.append(record)
+        result.deltas.append(delta)
+        result.verify = record.header.get("verify")
+    if signed and result.ignored is None and parsed.version >= 2:
+        last = result.records[-1].chain if result.records else parsed.chain
+        result.point = session_save.SessionPoint(
+            Path(),
+            list(result.state.tokens),
+            result.state.text,
+            session_save.message_keys(result.history),
+            result.history.conversation_id,
+            last,
+            len(result.records),
+            parsed.end,
+            sum(r.length for r in result.records),
+            KeptPrefix(0),
+        )
+    return result
+
+
+def _release(records: list[session_records.ParsedRecord]) -> None:
+    for record in records:
+        record.release()
+
+
+def _patched_history(history: ChatHistory, record: session_records.ParsedRecord) -> ChatHistory:
+    """``history`` with a record's change: its first ``keep`` messages, then the record's."""
+    try:
+        patch = json.loads(bytes(record.sections["history"]).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise SessionCorruptError("its history change does not parse") from None
+    if not isinstance(patch, dict) or type(patch.get("keep")) is not int or not isinstance(patch.get("messages"), list):
+        raise SessionCorruptError("its history change is malformed")
+    keep = patch["keep"]
+    if not 0 <= keep <= len(history):
+        raise SessionCorruptError(f"its history change keeps {keep} of {len(history)} messages")
+    data = history.to_json()
+    data["messages"] = data["messages"][:keep] + patch["messages"]
+    data["conversation_id"] = patch.get("conversation_id")
+    data.pop("forked_from", None)
+    if "forked_from" in patch:
+        data["forked_from"] = patch["forked_from"]
+    try:
+        return ChatHistory.from_json(data)
+    except HistoryFormatError as exc:
+        raise SessionCorruptError(f"its history change makes no history ({exc})") from None
+
+
+def _applied(
+    history: ChatHistory, state: EngineState, record: session_records.ParsedRecord, model: Model, source: str
+) -> tuple[ChatHistory, EngineState, tuple[int, int, memoryview]]:
+    """What the session holds with ``record`` added: its history, engine state and the delta's positions."""
+    header = record.header
+    first, end = header["from"], header["to"]
+    if first != len(state.tokens) or header.get("text_from") != len(state.text):
+        raise SessionCorruptError(f"it starts at position {first}, not {len(state.tokens)}")
+    raw_tokens, kv = record.sections["tokens"], record.sections["kv"]
+    if len(raw_tokens) != 4 * (end - first) or (len(kv) == 0) != (end == first):
+        raise SessionCorruptError("its tokens or KV state do not match its positions")
+    try:
+        engine = json.loads(bytes(record.sections["engine"]).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise SessionCorruptError("its engine section does not parse") from None
+    if not isinstance(engine, dict) or not isinstance(engine.get("text"), str):
+        raise SessionCorruptError("its engine section is malformed")
+    tokens = state.tokens + np.frombuffer(raw_tokens, dtype="<i4").tolist()
+    combined = {"text": state.text + engine["text"], "checkpoints": engine.get("checkpoints")}
+    new_state = _checked_engine_state(combined, tokens, model, source)
+    return _patched_history(history, record), new_state, (first, end, kv)
+
+
+def history_in(view: memoryview) -> ChatHistory | None:
+    """The visible history a session holds (its base's, changed by its whole records); None if unusable.
+
+    Read without the model: for a file whose KV state will not be used, or is damaged.
+    """
+    section = session_format.salvage(view, "history")
+    if section is None:
+        return None
+    try:
+        history = ChatHistory.from_bytes(section)
+    except HistoryFormatError:
+        return None
+    finally:
+        section.release()
+    try:
+        parsed = session_format.parse(view, "session")
+    except SessionCorruptError:
+        return history
+    for view_ in parsed.sections.values():
+        view_.release()
+    scan = session_records.read_records(view, parsed.end, parsed.chain, signing.header_is_signed(parsed.header))
+    for record in scan.records:
+        try:
+            history = _patched_history(history, record)
+        except SessionCorruptError:
+            break
+    _release(scan.records)
+    return history
 
 
 def _with_history(exc: SessionCorruptError, history: ChatHistory) -> SessionCorruptError:

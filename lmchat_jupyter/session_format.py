@@ -6,6 +6,11 @@ Layout::
     sections, each at a 64-byte aligned offset from the data start, listed in the header with
     their length and xxh3_64: history (JSON), engine (JSON), tokens (int32 LE), kv (raw llama.cpp)
 
+Format 2 (what lmchat writes): the same container, which may be followed by *records*, each the
+turn-sized change of a later save (see :mod:`session_records`: the same layout under its own
+magic). The header's ``size`` is then the length of this first part, the *base*. Format 1 files
+(no records) still load.
+
 A section of 8 MiB or more carries the xxh3_64 of each 4 MiB block (``"xxh3": [...]`` with
 ``"block": 4194304``) instead of one digest, so that its blocks are checked on several cores.
 
@@ -18,6 +23,7 @@ xxh3 runs at memory speed, so checking a 180 MB KV state costs a few millisecond
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -42,10 +48,18 @@ __all__ = [
     "read_header",
     "ParsedSession",
     "SECTION_NAMES",
+    "READ_VERSIONS",
+    "lead_digest",
+    "RECORD_MAGIC",
+    "starts_record",
 ]
 
 MAGIC = b"LMCHATS\x00"
-FORMAT_VERSION = 1
+#: The magic of a record appended after a base (format 2).
+RECORD_MAGIC = b"LMCHATR\x00"
+FORMAT_VERSION = 2
+#: Format 1: a base alone (written before records existed); format 2: a base, then records.
+READ_VERSIONS = (1, 2)
 PREFIX = struct.Struct("<8sII")
 ALIGN = 64
 MAX_HEADER = 64 * 1024 * 1024
@@ -102,8 +116,13 @@ def build(
     header: dict[str, Any],
     sections: Sequence[tuple[str, bytes | bytearray | memoryview]],
     seal: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    magic: bytes = MAGIC,
 ) -> list[memoryview]:
-    """The chunks of a session file, in order; ``header`` gets the section table added, then ``seal`` (a signature)."""
+    """The chunks of a session file, in order; ``header`` gets the section table added, then ``seal`` (a signature).
+
+    ``chunks[0]`` is the lead (magic, header, its digest, padding): :func:`lead_digest` of it chains
+    the records that follow.
+    """
     table = []
     offset = 0
     for name, data in sections:
@@ -126,7 +145,7 @@ def build(
         if total == size:
             break
         size = total
-    lead = PREFIX.pack(MAGIC, FORMAT_VERSION, len(head)) + head + bytes.fromhex(_digest(head))
+    lead = PREFIX.pack(magic, FORMAT_VERSION, len(head)) + head + bytes.fromhex(_digest(head))
     chunks = [memoryview(lead + bytes(_pad(len(lead))))]
     for _, data in sections:
         chunks.append(memoryview(data))
@@ -135,15 +154,28 @@ def build(
     return chunks
 
 
+def lead_digest(lead: bytes | bytearray | memoryview) -> str:
+    """What a record names the part before it by: the SHA-256 of that part's lead (its header included)."""
+    return hashlib.sha256(lead).hexdigest()
+
+
 @dataclass
 class ParsedSession:
     header: dict[str, Any]
     sections: dict[str, memoryview]
     offsets: dict[str, int]
+    #: Where the base ends (records, in format 2, follow), its format and its lead's digest.
+    end: int = 0
+    version: int = FORMAT_VERSION
+    chain: str = ""
 
 
-def parse(buf: memoryview, source: str) -> ParsedSession:
-    """Check and split a session; raises :class:`SessionCorruptError` saying what is wrong."""
+def parse(buf: memoryview, source: str, magic: bytes = MAGIC) -> ParsedSession:
+    """Check and split a session's base (or, with another ``magic``, one record at the start of ``buf``).
+
+    Raises :class:`SessionCorruptError` saying what is wrong. In format 2 bytes may follow the base:
+    the caller reads them as records.
+    """
 
     def corrupt(why: str) -> SessionCorruptError:
         return SessionCorruptError(
@@ -151,7 +183,7 @@ def parse(buf: memoryview, source: str) -> ParsedSession:
             "restore from its history instead, or delete it to start over"
         )
 
-    header, data_start = _checked_header(buf, corrupt)
+    header, data_start, version = _checked_header(buf, corrupt, magic)
     sections: dict[str, memoryview] = {}
     offsets: dict[str, int] = {}
     for entry in header["sections"]:
@@ -163,24 +195,45 @@ def parse(buf: memoryview, source: str) -> ParsedSession:
     missing = [n for n in SECTION_NAMES if n not in sections]
     if missing:
         raise corrupt(f"it lacks the section(s) {', '.join(missing)}")
-    _check_length(header, data_start, len(buf), corrupt)
-    return ParsedSession(header, sections, offsets)
+    follows = "anything" if magic != MAGIC else "records" if version >= 2 else "nothing"
+    end = _check_length(header, data_start, buf, corrupt, follows)
+    lead = buf[:data_start]
+    chain = lead_digest(lead)
+    lead.release()
+    return ParsedSession(header, sections, offsets, end, version, chain)
 
 
 def _check_length(
-    header: dict[str, Any], data_start: int, size: int, corrupt: Callable[[str], SessionCorruptError]
-) -> None:
-    """A session is exactly what lmchat wrote: nothing after its last section, nothing missing.
+    header: dict[str, Any],
+    data_start: int,
+    buf: memoryview,
+    corrupt: Callable[[str], SessionCorruptError],
+    follows: str = "nothing",
+) -> int:
+    """A session is exactly what lmchat wrote: nothing after its last section, nothing missing; returns its end.
 
-    ``size`` in the header is the file's total length; files written before it was recorded are
-    held to the end of their last section (sections follow one another, each padded to 64 bytes).
+    ``size`` in the header is the length of what it describes; files written before it was recorded
+    are held to the end of their last section (sections follow one another, each padded to 64 bytes).
+    ``follows``: what may come after it: ``"nothing"``, ``"records"`` (bytes that start like a record,
+    read by the caller; anything else was appended by something other than lmchat) or ``"anything"``
+    (a record: the next one follows).
     """
     end = data_start + max((e["offset"] + e["length"] + _pad(e["length"]) for e in header["sections"]), default=0)
     recorded = header.get("size", end)
     if type(recorded) is not int or recorded != end:
         raise corrupt(f"its header records a length of {recorded!r} bytes, but its sections end at byte {end:,}")
-    if size != end:
+    size = len(buf)
+    tail_ok = follows == "anything" or (
+        follows == "records" and starts_record(bytes(buf[end : end + len(RECORD_MAGIC)]))
+    )
+    if size < end or (size > end and not tail_ok):
         raise corrupt(f"it has {size - end:,} bytes after the end of its last section (appended to?)")
+    return end
+
+
+def starts_record(lead: bytes) -> bool:
+    """Whether bytes that follow a base (the first 8 or fewer) begin a record, whole or torn."""
+    return bool(lead) and RECORD_MAGIC.startswith(lead[: len(RECORD_MAGIC)])
 
 
 def salvage(buf: memoryview, name: str) -> memoryview | None:
@@ -189,7 +242,7 @@ def salvage(buf: memoryview, name: str) -> memoryview | None:
     A damaged KV state should not cost the conversation: its history is usually still there.
     """
     try:
-        header, data_start = _checked_header(buf, SessionCorruptError)
+        header, data_start, _ = _checked_header(buf, SessionCorruptError)
         for entry in header["sections"]:
             if isinstance(entry, dict) and entry.get("name") == name:
                 return _checked_section(buf, entry, data_start, SessionCorruptError)[2]
@@ -198,16 +251,20 @@ def salvage(buf: memoryview, name: str) -> memoryview | None:
     return None
 
 
-def _checked_header(buf: memoryview, corrupt: Callable[[str], SessionCorruptError]) -> tuple[dict[str, Any], int]:
-    """The header, checked, and where the sections start."""
+def _checked_header(
+    buf: memoryview, corrupt: Callable[[str], SessionCorruptError], expect: bytes = MAGIC
+) -> tuple[dict[str, Any], int, int]:
+    """The header, checked, where the sections start, and the format."""
     size = len(buf)
     if size < PREFIX.size:
         raise corrupt(f"it is {size} bytes long, too short for a session header")
     magic, version, head_len = PREFIX.unpack_from(buf, 0)
-    if magic != MAGIC:
+    if magic != expect:
         raise corrupt("it does not start with the lmchat session signature")
-    if version != FORMAT_VERSION:
-        raise corrupt(f"it uses session format {version}; this lmchat reads format {FORMAT_VERSION}")
+    if version not in READ_VERSIONS or (expect != MAGIC and version != FORMAT_VERSION):
+        raise corrupt(
+            f"it uses session format {version}; this lmchat reads formats {READ_VERSIONS[0]} to {FORMAT_VERSION}"
+        )
     head_end = PREFIX.size + head_len
     if head_len > MAX_HEADER or head_end + 8 > size:
         raise corrupt(f"its header claims {head_len:,} bytes, more than the file holds (truncated?)")
@@ -219,7 +276,7 @@ def _checked_header(buf: memoryview, corrupt: Callable[[str], SessionCorruptErro
         raise corrupt("its header is not valid JSON")
     if not isinstance(header, dict) or not isinstance(header.get("sections"), list):
         raise corrupt("its header has no section table")
-    return header, head_end + 8 + _pad(head_end + 8)
+    return header, head_end + 8 + _pad(head_end + 8), version
 
 
 def _checked_section(
@@ -269,17 +326,24 @@ def read_header(path: Path) -> dict[str, Any]:
         if len(lead) < PREFIX.size:
             raise SessionCorruptError(f"{path} is too short to be an lmchat session")
         magic, version, head_len = PREFIX.unpack(lead)
-        if magic != MAGIC or version != FORMAT_VERSION or head_len > MAX_HEADER:
-            raise SessionCorruptError(f"{path} is not an lmchat session of format {FORMAT_VERSION}")
+        if magic != MAGIC or version not in READ_VERSIONS or head_len > MAX_HEADER:
+            raise SessionCorruptError(
+                f"{path} is not an lmchat session of format {READ_VERSIONS[0]} to {FORMAT_VERSION}"
+            )
         head = fh.read(head_len)
         digest = fh.read(8)
-    if len(head) != head_len or digest.hex() != _digest(head):
-        raise SessionCorruptError(f"{path} has a damaged header")
-    header = _json(head)
-    if header is None:
-        raise SessionCorruptError(f"{path} has a header that is not JSON")
-    if not isinstance(header, dict):
-        raise SessionCorruptError(f"{path} has a malformed header")
-    if "size" in header and header["size"] != size:
-        raise SessionCorruptError(f"{path} is {size:,} bytes long, but its header records {header['size']!r}")
+        if len(head) != head_len or digest.hex() != _digest(head):
+            raise SessionCorruptError(f"{path} has a damaged header")
+        header = _json(head)
+        if header is None:
+            raise SessionCorruptError(f"{path} has a header that is not JSON")
+        if not isinstance(header, dict):
+            raise SessionCorruptError(f"{path} has a malformed header")
+        recorded = header.get("size", size)
+        follows = b""
+        if version >= 2 and type(recorded) is int and 0 <= recorded < size:
+            fh.seek(recorded)
+            follows = fh.read(len(RECORD_MAGIC))
+    if recorded != size and not starts_record(follows):
+        raise SessionCorruptError(f"{path} is {size:,} bytes long, but its header records {recorded!r}")
     return header

@@ -40,6 +40,8 @@ ENGINE = {
     "safe_files",
     "session",
     "session_format",
+    "session_records",
+    "session_save",
     "signing",
     "turn",
 }

@@ -14,7 +14,13 @@ a special kind of path: see ``SPECIAL``).
   nothing reads, such as alignment padding, or the engine fell back to evaluating the tokens);
 * ``safe``: any typed error, or a restore whose KV cache agrees with its tokens and that can go on
   (a forged but self-consistent file: no checksum can tell it from a real one);
-* ``mismatch``: SessionMismatchError carrying the history.
+* ``mismatch``: SessionMismatchError carrying the history;
+* ``earlier``: a restore of what the whole records before the damaged one make (``messages``: its
+  message count), its KV cache agreeing with its tokens (a damaged, torn or foreign record and what
+  follows it are ignored, never an error: the base and the records before it are whole).
+
+A base whose file has records (saved after each turn) gets only the record generators: damage to a
+base is what the other bases are for.
 """
 
 from __future__ import annotations
@@ -25,9 +31,12 @@ import random
 import struct
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from lmchat_jupyter import session, session_format, session_records, signing
 
 from .forge import KvLayout, Layout, digest, forge, patch, reseal, table_entry, with_table
 
@@ -46,19 +55,8 @@ def all_cases(layouts: dict[str, Layout], limits: dict[str, tuple[int, int]]) ->
         n_vocab, n_ctx = limits[base]
         others = {name: lay for name, lay in layouts.items() if name != base and _same_model(name, base)}
         rng = random.Random(f"cases:{base}")
-        for gen in (
-            _special,
-            _truncations,
-            _bit_flips,
-            _lead_lies,
-            _header_lies,
-            _table_lies,
-            _history_forgeries,
-            _engine_forgeries,
-            _token_forgeries,
-            _kv_forgeries,
-            _compat_forgeries,
-        ):
+        generators = (_record_damage,) if _record_spans(layout) else _BASE_GENERATORS
+        for gen in generators:
             for case in gen(layout, rng, n_vocab=n_vocab, n_ctx=n_ctx, others=others):
                 case.setdefault("history", False)
                 case.setdefault("verify", "auto")
@@ -229,7 +227,7 @@ def _lead_lies(layout: Layout, rng: random.Random, **_: Any) -> Iterator[Case]:
     head_len = layout.header_end - layout.header_start
     for magic in (b"\0" * 8, b"LMCHATS\x01", b"lmchats\x00", b"GGUF\x03\0\0\0", b"PK\x03\x04\0\0\0\0", b"\xff" * 8):
         yield {"family": "magic", "what": f"magic {magic!r}", **_build(_overwrite, layout, 0, magic), "expect": "error"}
-    for version in (0, 2, 3, 255, 2**16, 2**32 - 1):
+    for version in (0, 3, 4, 255, 2**16, 2**32 - 1):
         packed = struct.pack("<I", version)
         yield {"family": "version", "what": f"format {version}", **_build(_overwrite, layout, 8, packed),
                "expect": "error"}  # fmt: skip
@@ -561,3 +559,160 @@ def _other_value(value: Any) -> Any:
     if isinstance(value, str):
         return value + "x"
     return "other"
+
+
+_BASE_GENERATORS = (
+    _special,
+    _truncations,
+    _bit_flips,
+    _lead_lies,
+    _header_lies,
+    _table_lies,
+    _history_forgeries,
+    _engine_forgeries,
+    _token_forgeries,
+    _kv_forgeries,
+    _compat_forgeries,
+)
+
+
+# --- records -------------------------------------------------------------------------------------
+
+
+@dataclass
+class RecordSpan:
+    """One record of a pristine file: where it is, its parts, and the messages once it is applied."""
+
+    start: int
+    end: int
+    header_end: int  # one past the JSON header (its 8-byte digest follows)
+    sections: dict[str, tuple[int, int]]  # name -> (absolute start, length)
+    messages: int
+    header: dict[str, Any]
+
+
+def _record_spans(layout: Layout) -> list[RecordSpan]:
+    """The records after a pristine file's base (none for a file of one part)."""
+    blob = layout.blob
+    with memoryview(blob) as view:
+        base = session_format.parse(view, "pristine")
+        for section in base.sections.values():
+            section.release()
+        if base.end == len(blob):
+            return []
+        scan = session_records.read_records(view, base.end, base.chain, signed=False)
+        assert scan.problem is None, scan.problem
+        spans = []
+        for record in scan.records:
+            _, _, head_len = struct.unpack_from("<8sII", blob, record.start)
+            history = session.history_in(view[: record.start + record.length])
+            assert history is not None
+            data_start = record.start + 16 + head_len + 8 + (-(16 + head_len + 8)) % 64
+            sections = {e["name"]: (data_start + e["offset"], e["length"]) for e in record.header["sections"]}
+            spans.append(RecordSpan(record.start, record.start + record.length, record.start + 16 + head_len,
+                                    sections, len(history), record.header))  # fmt: skip
+            record.release()
+    return spans
+
+
+def _messages_before(layout: Layout, spans: list[RecordSpan], index: int) -> int:
+    """Messages a restore gives when record ``index`` and those after it are ignored."""
+    if index > 0:
+        return spans[index - 1].messages
+    with memoryview(layout.blob) as view:
+        history = session.history_in(view[: spans[0].start])
+    assert history is not None
+    return len(history)
+
+
+def _earlier(what: str, family: str, build: dict[str, Any], messages: int) -> Case:
+    return {"family": family, "what": what, **build, "expect": "earlier", "messages": messages}
+
+
+def _record_bytes(layout: Layout, span: RecordSpan, header: dict[str, Any], replace: dict[str, bytes],
+                  seal: bool = True) -> bytes:  # fmt: skip
+    """A record rebuilt with header fields and sections replaced (checksums and, with ``seal``, signature valid)."""
+    fields = {k: v for k, v in header.items() if k not in ("sections", "size", "signature")}
+    sections = [(name, replace.get(name, layout.blob[s : s + n])) for name, (s, n) in span.sections.items()]
+    chunks = session_records.build_record(fields, sections, seal=signing.sign_header if seal else None)
+    return b"".join(bytes(c) for c in chunks)
+
+
+def _with_record(layout: Layout, index: int, record: bytes) -> bytes:
+    """The file up to record ``index``, then ``record`` in its place and nothing after it."""
+    spans = _record_spans(layout)
+    return layout.blob[: spans[index].start] + record
+
+
+def _forged_record(layout: Layout, index: int, changes: dict[str, Any], replace: dict[str, bytes],
+                   seal: bool = True) -> bytes:  # fmt: skip
+    span = _record_spans(layout)[index]
+    return _with_record(layout, index, _record_bytes(layout, span, dict(span.header, **changes), replace, seal))
+
+
+def _swapped_kv(layout: Layout, index: int, other: int) -> bytes:
+    spans = _record_spans(layout)
+    start, length = spans[other].sections["kv"]
+    return _forged_record(layout, index, {}, {"kv": layout.blob[start : start + length]})
+
+
+def _records_reordered(layout: Layout) -> bytes:
+    spans = _record_spans(layout)
+    blob = layout.blob
+    return blob[: spans[0].start] + b"".join(blob[s.start : s.end] for s in reversed(spans))
+
+
+def _record_damage(layout: Layout, rng: random.Random, **_: Any) -> Iterator[Case]:
+    """Torn, damaged, foreign and forged records: each ends the reading, the records before it stay."""
+    spans = _record_spans(layout)
+    size = len(layout.blob)
+    last = len(spans) - 1
+    for i, span in enumerate(spans):
+        before = _messages_before(layout, spans, i)
+        kv_start, kv_len = span.sections["kv"]
+        points = {span.start + d for d in (1, 7, 8, 16)} | {span.header_end, span.header_end + 8}
+        points |= {kv_start, kv_start + 1, kv_start + kv_len // 2, span.end - 7, span.end - 1}
+        points |= {rng.randrange(span.start + 1, span.end) for _ in range(4)}
+        for at in sorted(p for p in points if span.start < p < span.end):
+            yield _earlier(f"record {i + 1} cut at byte {at} of {size}", "torn record",
+                           _build(_truncate, layout, at), before)  # fmt: skip
+        regions = [("magic", span.start, span.start + 8), ("header", span.start + 16, span.header_end),
+                   ("header digest", span.header_end, span.header_end + 8)]  # fmt: skip
+        regions += [(f"section {name}", s, s + n) for name, (s, n) in span.sections.items() if n]
+        for name, start, end in regions:
+            for _ in range(3):
+                at = rng.randrange(start, end)
+                yield _earlier(f"record {i + 1}: bit {at % 8} flipped at byte {at} ({name})", "damaged record",
+                               _build(_flip, layout, at, at % 8), before)  # fmt: skip
+        header = span.header
+        forged: list[tuple[str, dict[str, Any], dict[str, bytes], bool]] = [
+            ("unsigned", {}, {}, False),
+            ("numbered wrong", {"record": header["record"] + 1}, {}, True),
+            ("following another part", {"prev": "0" * 64}, {}, True),
+            ("starting a position later", {"from": header["from"] + 1}, {}, True),
+            ("covering a position more", {"to": header["to"] + 1}, {}, True),
+            ("positions reversed", {"from": header["to"], "to": header["from"]}, {}, True),
+            ("text from elsewhere", {"text_from": header["text_from"] + 1}, {}, True),
+            ("no KV state", {}, {"kv": b""}, True),
+            ("a history change keeping too much", {}, {"history": b'{"keep": 100000, "messages": []}'}, True),
+            ("a history change that is not JSON", {}, {"history": b"{"}, True),
+            ("a history change with a bad message", {}, {"history": b'{"keep": 0, "messages": [{"role": "x"}]}'}, True),
+            ("an engine section that is a list", {}, {"engine": b"[]"}, True),
+            ("checkpoints past the text", {}, {"engine": b'{"text": "", "checkpoints": [[0, 0], [99999, 1]]}'}, True),
+            ("a token outside the vocabulary", {}, {"tokens": struct.pack("<i", 2**31 - 1) * (header["to"] - header["from"])}, True),
+        ]  # fmt: skip
+        for what, changes, replace, seal in forged:
+            yield _earlier(f"record {i + 1} {what}", "forged record",
+                           _build(_forged_record, layout, i, changes, replace, seal), before)  # fmt: skip
+        if i < last:
+            # Another record's KV state: llama.cpp refuses its positions, the tokens are evaluated again.
+            yield {"family": "forged record", "what": f"record {i + 1} with record {i + 2}'s KV state",
+                   **_build(_swapped_kv, layout, i, i + 1), "expect": "safe"}  # fmt: skip
+    yield _earlier("records in reverse order", "foreign record", _build(_records_reordered, layout),
+                   _messages_before(layout, spans, 0))  # fmt: skip
+    yield _earlier("a record of another file after the base", "foreign record",
+                   _build(_with_record, layout, 0, layout.blob[spans[-1].start :]), _messages_before(layout, spans, 0))  # fmt: skip
+    whole = spans[-1].messages
+    for extra in (b"L", b"LMCHATR", b"\x00" * 64, b"appended"):
+        yield _earlier(f"{extra[:8]!r} after the last record", "torn record",
+                       _build(_const, layout.blob + extra), whole)  # fmt: skip
