@@ -80,11 +80,15 @@ def append_whole(
         info = os.fstat(fd)
         if (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns) != expected or info.st_nlink != 1:
             return None
+        written = 0
         for chunk in chunks:
             view = memoryview(chunk).cast("B")
             while view:
-                view = view[os.write(fd, view) :]
-        os.fsync(fd)
+                n = os.write(fd, view)
+                written += n
+                view = view[n:]
+        if written:
+            os.fsync(fd)
         return os.fstat(fd)
     except OSError as exc:
         raise StorageError(

@@ -84,13 +84,25 @@ def plan_save(
     history: ChatHistory, model: Model, cache: KVCache, point: SessionPoint | None, path: Path | None
 ) -> SavePlan:
     """The bytes a save of ``cache`` (active, model lock held) writes: a record after ``point`` where it can."""
-    verify = cache.top_logits_for_save(TOP_K)  # first: it may decode the last token again
-    if path is not None and point is not None and _can_append(history, model, cache, point, path):
+    appendable = path is not None and point is not None and _can_append(history, model, cache, point, path)
+    if appendable and point is not None and _unchanged(history, cache, point):
+        # Nothing to append. Checked before the logits below: taking them may decode the last token
+        # again, which would count as a change to what the file holds.
+        return SavePlan([], point, True)
+    verify = cache.top_logits_for_save(TOP_K)
+    if appendable and point is not None and _can_append(history, model, cache, point, path):
         return _record(history, model, cache, point, verify)
     return full_chunks(history, model, cache, verify, path)
 
 
-def _can_append(history: ChatHistory, model: Model, cache: KVCache, point: SessionPoint, path: Path) -> bool:
+def _unchanged(history: ChatHistory, cache: KVCache, point: SessionPoint) -> bool:
+    state = cache.state
+    return (
+        len(state.tokens) == len(point.tokens) and state.text == point.text and message_keys(history) == point.messages
+    )
+
+
+def _can_append(history: ChatHistory, model: Model, cache: KVCache, point: SessionPoint, path: Path | None) -> bool:
     state = cache.state
     n = len(point.tokens)
     return (
@@ -163,9 +175,9 @@ def _record(
     backend = delta_states(model.backend)
     assert backend is not None
     first, end = len(point.tokens), len(state.tokens)
-    kv = backend.export_delta(first) if end > first else memoryview(b"")
     keys = message_keys(history)
     keep = _common_prefix(point.messages, keys)
+    kv = backend.export_delta(first) if end > first else memoryview(b"")
     patch: dict[str, Any] = {
         "keep": keep,
         "messages": [m.to_json() for m in history.messages[keep:]],

@@ -17,7 +17,9 @@ a special kind of path: see ``SPECIAL``).
 * ``mismatch``: SessionMismatchError carrying the history;
 * ``earlier``: a restore of what the whole records before the damaged one make (``messages``: its
   message count), its KV cache agreeing with its tokens (a damaged, torn or foreign record and what
-  follows it are ignored, never an error: the base and the records before it are whole).
+  follows it are ignored, never an error: the base and the records before it are whole). With
+  ``or_error`` a typed error is fine too: bytes right after the base that do not start like a record
+  (the first record's magic damaged) make the file refused, as bytes appended to a session are.
 
 A base whose file has records (saved after each turn) gets only the record generators: damage to a
 base is what the other bases are for.
@@ -682,8 +684,10 @@ def _record_damage(layout: Layout, rng: random.Random, **_: Any) -> Iterator[Cas
         for name, start, end in regions:
             for _ in range(3):
                 at = rng.randrange(start, end)
-                yield _earlier(f"record {i + 1}: bit {at % 8} flipped at byte {at} ({name})", "damaged record",
-                               _build(_flip, layout, at, at % 8), before)  # fmt: skip
+                case = _earlier(f"record {i + 1}: bit {at % 8} flipped at byte {at} ({name})", "damaged record",
+                                _build(_flip, layout, at, at % 8), before)  # fmt: skip
+                case["or_error"] = i == 0 and name == "magic"
+                yield case
         header = span.header
         forged: list[tuple[str, dict[str, Any], dict[str, bytes], bool]] = [
             ("unsigned", {}, {}, False),

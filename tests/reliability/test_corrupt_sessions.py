@@ -40,16 +40,28 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("pristine")
 
 
+def _saved_after_each_turn(folder: Path, model: Model) -> Conversation:
+    """SmolLM2 saved after each of three turns: a base and two records."""
+    conv = Conversation(model, system="You are terse. " + "Remember: the orchard grows red apples. " * 20)
+    for prompt in ("Name a colour.", "Name a fruit.", "Name a city."):
+        conv.submit(prompt, **GREEDY)
+        conv.save(folder / "smol-rec.lmsession")
+    return conv
+
+
 @pytest.fixture(scope="module")
 def bases(model: Model, gemma: Model, gemma_file: Path, pristine: Path) -> dict[str, Any]:
-    """Pristine sessions to damage: SmolLM2 after one turn, Gemma 3 (sliding window, two caches) after one."""
+    """Pristine sessions to damage: SmolLM2 after one turn, Gemma 3 (sliding window, two caches) after
+    one, and SmolLM2 saved after each of three turns (damaged records)."""
     one = Conversation(model, system="You are a helpful assistant. Answer briefly.")
     one.submit("My name is Ada and I like red apples.", **GREEDY)
     sliding = Conversation(gemma)
     sliding.submit("Name three colours.", **GREEDY)
+    recorded = _saved_after_each_turn(pristine, model)
     return {
         "smol-1": _keep(pristine, "smol-1", one, None),
         "gemma-1": _keep(pristine, "gemma-1", sliding, str(gemma_file)),
+        "smol-rec": _keep(pristine, "smol-rec", recorded, None),
     }
 
 
@@ -68,6 +80,8 @@ def judge(case: Case, result: dict[str, Any], reference: dict[str, Any]) -> str 
     expect = case["expect"]
     if outcome in ("crashed", "hang", "untyped", "other-typed"):
         return f"{outcome}: {result.get('type', '')} {result.get('message', '')}"
+    if expect == "earlier" and outcome != "restored" and not case.get("or_error"):
+        return f"{outcome} where the base and the records before the damage are whole: {result.get('message', '')}"
     if outcome == "not-found":
         return None if case["what"] == "dangling-symlink" else "SessionNotFoundError for a file that exists"
     if outcome == "mismatch":
@@ -88,6 +102,10 @@ def judge(case: Case, result: dict[str, Any], reference: dict[str, Any]) -> str 
         result.get("agrees_after"),
         result.get("next_untyped") and f"the next turn raised {result['next_untyped']}",
     ]
+    if expect == "earlier":  # restored: the records before the damage
+        messages = case["messages"]
+        if result["history"] != reference["history"][:messages]:
+            problems.append(f"restored {len(result['history'])} messages, not the {messages} before the damage")
     if expect == "error-or-intact":
         if result["history"] != reference["history"]:
             problems.append("restored with another history")

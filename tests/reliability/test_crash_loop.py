@@ -5,6 +5,8 @@ back, chats a little and kills the kernel with SIGKILL at one of these moments (
 
 - ``generating``: while a ``%%chat`` cell streams its answer;
 - ``after_reply``: the moment a turn's answer arrives (its background session save is likely running);
+- ``appending``: 0-30 ms after a turn's answer arrives, while its background save appends the turn's
+  record to the session (or writes it whole);
 - ``saving``: during an explicit ``%chat save``, which may overlap that background save;
 - ``idle``: between turns, after a random pause;
 - ``restore``: during ``%load_ext lmchat`` itself.
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from lmchat_jupyter import ModelSettings, session_format
+from lmchat_jupyter import ModelSettings, session, session_format, session_records
 from lmchat_jupyter.atomic import TEMP_SUFFIX
 from lmchat_jupyter.conversation import Progress
 from lmchat_jupyter.sidecar import Sidecar
@@ -43,7 +45,7 @@ from lmchat_jupyter.store import ChatStore
 from ..kernel_driver import KernelDriver, notebook_file
 
 CHAT = "%%chat --temperature 0 --max-tokens 24\n"
-MOMENTS = ("generating", "after_reply", "saving", "idle", "restore")
+MOMENTS = ("generating", "after_reply", "appending", "saving", "idle", "restore")
 QUESTIONS = (
     "Name a fruit.",
     "Name a colour.",
@@ -78,6 +80,7 @@ class Tally:
     max_temp_after_kill: int = 0
     kills_leaving_temp: Counter[str] = field(default_factory=Counter)
     session_behind: Counter[str] = field(default_factory=Counter)
+    torn_records: Counter[str] = field(default_factory=Counter)
     completed_turns: int = 0
 
 
@@ -87,6 +90,23 @@ def temp_files(folder: Path) -> list[str]:
 
 def user_turns(messages: list[dict[str, object]]) -> int:
     return sum(1 for m in messages if m.get("role") == "user")
+
+
+def session_turns(path: Path) -> tuple[int, bool]:
+    """The user turns a session holds (its base and whole records) and whether a torn record ends it.
+
+    The base is never torn: :func:`session_format.parse` checks every length and checksum.
+    """
+    with memoryview(path.read_bytes()) as view:
+        base = session_format.parse(view, str(path))
+        scan = session_records.read_records(view, base.end, base.chain, signed=True)
+        for record in scan.records:
+            record.release()
+        for section in base.sections.values():
+            section.release()
+        history = session.history_in(view[: scan.end])
+    assert history is not None
+    return history.user_message_count, scan.problem is not None
 
 
 def wait_for(k: KernelDriver, msg_id: str, kinds: set[str], timeout: float = 120) -> bool:
@@ -144,9 +164,10 @@ class CrashLoop:
         session, history = self.folder / "default.lmsession", self.folder / "default.history.json"
         behind = False
         if session.is_file() and history.is_file():
-            # Never torn: parse checks every length and checksum.
-            parsed = session_format.parse(memoryview(session.read_bytes()), str(session))
-            in_session = user_turns(json.loads(bytes(parsed.sections["history"]))["messages"])
+            in_session, torn = session_turns(session)
+            if torn:  # killed while appending a record: the restore takes the records before it
+                self.tally.torn_records[self.last_moment] += 1
+                self.note("a torn record at the end of the session")
             in_history = user_turns(json.loads(history.read_text(encoding="utf-8"))["messages"])
             assert in_session <= in_history, (in_session, in_history)
             if in_session < in_history:  # the kill beat the background save: the restore catches up
@@ -264,6 +285,9 @@ class CrashLoop:
                 delay = self.rng.uniform(0, 0.15)
             elif moment == "after_reply":
                 self.turn(k)
+            elif moment == "appending":
+                self.turn(k)
+                delay = self.rng.uniform(0, 0.03)
             elif moment == "saving":
                 if not self.turns:
                     self.turn(k)
@@ -297,10 +321,12 @@ class CrashLoop:
 def test_crash_loop(tmp_path: Path, cycles: int) -> None:
     loop = CrashLoop(notebook_file(tmp_path, "crash loop.ipynb"), seed=cycles)
     if cycles < len(MOMENTS):
-        schedule = [loop.rng.choice(MOMENTS) for _ in range(cycles)]
+        # A kill during a record's append at least once (the quick variant's other moments are drawn).
+        schedule = ["appending", *(loop.rng.choice(MOMENTS) for _ in range(cycles - 1))]
     else:  # every moment at least once, a restore only once there is something to restore
         rest = [loop.rng.choice(MOMENTS) for _ in range(cycles - len(MOMENTS))]
-        schedule = ["after_reply", *loop.rng.sample([m for m in MOMENTS if m != "after_reply"], 4), *rest]
+        others = [m for m in MOMENTS if m != "after_reply"]
+        schedule = ["after_reply", *loop.rng.sample(others, len(others)), *rest]
     began = time.monotonic()
     for moment in schedule:
         loop.cycle(moment)
@@ -312,7 +338,8 @@ def test_crash_loop(tmp_path: Path, cycles: int) -> None:
         f"restores {dict(tally.restores)}; {tally.completed_turns} completed turns, {len(loop.turns)} in the end; "
         f"turns cut by a kill kept {tally.cut_turns_kept}, gone {tally.cut_turns_lost}; "
         f"at most {tally.max_temp_after_kill} temp files right after a kill (kills leaving any: "
-        f"{dict(tally.kills_leaving_temp)}); session behind the history after a kill: {dict(tally.session_behind)}"
+        f"{dict(tally.kills_leaving_temp)}); session behind the history after a kill: {dict(tally.session_behind)}; "
+        f"torn records after a kill: {dict(tally.torn_records)}"
     )
     assert tally.restores.total() - tally.restores["history"] >= tally.restores["history"]
 
@@ -361,7 +388,6 @@ def test_a_caught_up_session_is_saved_again(tmp_path: Path) -> None:
     try:
         assert store.get().info.user_message_count == 4
         store.flush()
-        parsed = session_format.parse(memoryview((tmp_path / "default.lmsession").read_bytes()), "session")
-        assert user_turns(json.loads(bytes(parsed.sections["history"]))["messages"]) == 4
+        assert session_turns(tmp_path / "default.lmsession") == (4, False)
     finally:
         store.close()
