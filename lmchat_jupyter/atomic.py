@@ -70,8 +70,9 @@ def append_whole(
     (``(st_dev, st_ino, st_size, st_mtime_ns)``, a regular file with one name); None, writing
     nothing, where it is not.
 
-    On a failed write :class:`StorageError`; the bytes before the append are never touched, and what
-    was appended is a torn end that readers ignore (the caller writes the whole file next time).
+    On a failed write :class:`StorageError`, and the file is cut back to its length before the append
+    (byte for byte the file it was); where even that fails, what was appended is a torn end that
+    readers ignore. The bytes before the append are never written.
     """
     fd = open_appendable(path)
     if fd is None:
@@ -91,9 +92,10 @@ def append_whole(
             os.fsync(fd)
         return os.fstat(fd)
     except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, expected[2])
         raise StorageError(
-            f"could not append to {path}: {exc.strerror or exc}. What it held before is unchanged; "
-            "the next save writes it whole"
+            f"could not write {path}: {exc.strerror or exc}. The previous file is unchanged."
         ) from exc
     finally:
         os.close(fd)

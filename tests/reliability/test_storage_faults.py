@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -204,22 +205,41 @@ def start_chat(folder: Path) -> tuple[ChatStore, Told, Path, Path]:
     return store, told, session, history
 
 
+def fill(disk: Path, leave: int) -> Path:
+    """A file that takes all of ``disk``'s free space but ``leave`` bytes."""
+    info = os.statvfs(disk)
+    filler = disk / "filler"
+    filler.write_bytes(b"\0" * max(0, info.f_bavail * info.f_frsize - leave))
+    return filler
+
+
 def test_a_full_disk_keeps_the_last_good_session(tmp_path: Path) -> None:
-    # Room for one session file and its history, not for the temp copy a second save writes first.
-    with tmpfs(tmp_path / "disk", "1200k") as disk:
+    # Room for one session file and its history, then 8 KiB: not for a turn's record (a few
+    # hundred KB), nor for the temp copy a whole save writes first.
+    with tmpfs(tmp_path / "disk", "4m") as disk:
         store, told, session, history = start_chat(disk)
         good = digest(session)
+        filler = fill(disk, 8192)
         mark = len(told.lines)
         conv = store.get("chat")
         for prompt in PROMPTS[1:3]:
             assert conv.submit(prompt, **GREEDY).text
         store.flush()
-        assert digest(session) == good
+        assert digest(session) == good  # a record that did not fit was cut off again
         assert temp_files(session.parent) == []
         assert store.last_save_error and "No space left" in store.last_save_error
         assert "could not save" in told.since(mark)
         assert told.since(mark).count("could not save") == 1  # said once, not after every turn
+        # Room again: the next save writes the session whole, and it holds every turn.
+        filler.unlink()
+        assert conv.submit(PROMPTS[3], **GREEDY).text
+        store.flush()
+        assert store.last_save_error is None
         store.close()
+        again = ChatStore(Sidecar(disk / "nb.lmchat"), settings=SETTINGS, notify=told)
+        assert again.get("chat").info.user_message_count == 4
+        assert "full session" in again.statuses.get("chat", ""), again.statuses
+        again.close()
 
 
 def test_a_read_only_folder_is_read_and_left_as_it_was(tmp_path: Path) -> None:
