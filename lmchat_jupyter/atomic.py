@@ -94,9 +94,7 @@ def append_whole(
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, expected[2])
-        raise StorageError(
-            f"could not write {path}: {exc.strerror or exc}. The previous file is unchanged."
-        ) from exc
+        raise StorageError(f"could not write {path}: {exc.strerror or exc}. The previous file is unchanged.") from exc
     finally:
         os.close(fd)
 
