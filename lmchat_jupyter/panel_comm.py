@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import kernel
+from . import kernel, kernel_status
 from .conversation import Conversation
 from .errors import LmchatError
 from .events import ConversationEvent
@@ -104,13 +104,18 @@ class PanelChannel:
             raise LmchatError("an answer is being generated: wait for it or press Stop")
         if action == "edit":
             _user_index(conv.history if conv is not None else store.waiting(name), message_id)
+        request = kernel_status.current_request()
         thread = threading.Thread(
-            target=self._generate, args=(name, action, text, message_id), name="lmchat-panel", daemon=True
+            target=self._generate, args=(name, action, text, message_id, request), name="lmchat-panel", daemon=True
         )
         self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         thread.start()
 
-    def _generate(self, name: str, action: str, text: str, message_id: object) -> None:
+    def _generate(self, name: str, action: str, text: str, message_id: object, request: dict[str, Any]) -> None:
+        with kernel_status.generating(request):  # JupyterLab says "Busy" until the answer ends
+            self._answer(name, action, text, message_id)
+
+    def _answer(self, name: str, action: str, text: str, message_id: object) -> None:
         self._panel_turns.add(name)
         try:
             # The first message creates the conversation (loading the model) or evaluates its history.

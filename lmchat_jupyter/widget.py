@@ -13,7 +13,7 @@ from typing import Any
 
 import ipywidgets as W
 
-from . import kernel
+from . import kernel, kernel_status
 from .chat_views import bubble, enter_sends, show
 from .conversation import Conversation
 from .errors import LmchatError
@@ -142,11 +142,20 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
         # Another answer on this conversation (a second widget's) or a save may hold it: the turn waits.
         conv = None if self._waiting is not None else self._conv
         self._set_note("waiting for the answer in progress…" if conv is not None and conv.busy else "")
-        self._thread = threading.Thread(target=self._generate, args=(conv, message, previous), name="lmchat-widget")
+        request = kernel_status.current_request()  # the Send click's message, or the cell that called submit
+        self._thread = threading.Thread(
+            target=self._generate, args=(conv, message, previous, request), name="lmchat-widget"
+        )
         self._thread.daemon = True
         self._thread.start()
 
-    def _generate(self, conv: Conversation | None, message: str, previous: threading.Thread | None) -> None:
+    def _generate(
+        self, conv: Conversation | None, message: str, previous: threading.Thread | None, request: dict[str, Any]
+    ) -> None:
+        with kernel_status.generating(request):  # JupyterLab says "Busy" until the answer ends
+            self._answer(conv, message, previous)
+
+    def _answer(self, conv: Conversation | None, message: str, previous: threading.Thread | None) -> None:
         if previous is not None:
             # A stopped or finished answer's thread may still be tidying up (its last save, the next
             # message's opening): a message sent meanwhile goes next rather than being refused.

@@ -1,0 +1,144 @@
+"""What a frontend shows of a real kernel's status while lmchat works: busy, then idle when the work ends.
+
+A frontend shows the last ``status`` message the kernel published on IOPub (JupyterLab skips those
+answering a few message types, such as ``kernel_info_request``). The kernel runs through
+jupyter_client as JupyterLab runs it; the control and comm messages are the ones JupyterLab sends.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .kernel_driver import KernelDriver, notebook_file
+
+#: Status messages JupyterLab does not show (jupyter_server's untracked message types that are requests).
+UNTRACKED = {"comm_info_request", "kernel_info_request", "shutdown_request", "interrupt_request", "debug_request"}
+LONG = "Write a long story about a dragon who learns to bake bread, with many details."
+
+
+class StatusWatch:
+    """The IOPub status messages of a kernel, read as JupyterLab's status bar reads them."""
+
+    def __init__(self, driver: KernelDriver) -> None:
+        self.driver = driver
+        self.shown = "idle"
+        self.seen: list[tuple[str, str]] = []  # (state, the parent's msg_type), in order
+
+    def read(self, seconds: float) -> None:
+        """Read what arrives during ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = self.driver.kc.get_iopub_msg(timeout=left)
+            except Exception:  # queue.Empty: nothing more within the time
+                return
+            self._take(msg)
+
+    def until(self, what: str, check: Any, timeout: float = 120) -> None:
+        """Read until ``check(msg)`` holds for a message read."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out waiting for {what}; status messages: {self.seen[-20:]}")
+            try:
+                msg = self.driver.kc.get_iopub_msg(timeout=left)
+            except Exception:
+                continue
+            self._take(msg)
+            if check(msg):
+                return
+
+    def _take(self, msg: dict[str, Any]) -> None:
+        if msg["msg_type"] != "status":
+            return
+        parent_type = msg["parent_header"].get("msg_type", "")
+        state = msg["content"]["execution_state"]
+        self.seen.append((state, parent_type))
+        if parent_type not in UNTRACKED:
+            self.shown = state
+
+
+def is_status(state: str, parent_id: str | None = None, parent_type: str | None = None) -> Any:
+    def check(msg: dict[str, Any]) -> bool:
+        parent = msg["parent_header"]
+        return bool(
+            msg["msg_type"] == "status"
+            and msg["content"]["execution_state"] == state
+            and (parent_id is None or parent.get("msg_id") == parent_id)
+            and (parent_type is None or parent.get("msg_type") == parent_type)
+        )
+
+    return check
+
+
+@pytest.fixture
+def driver(tmp_path: Path) -> Any:
+    nb = notebook_file(tmp_path, "status.ipynb")
+    d = KernelDriver(nb, tmp_path)
+    try:
+        yield d
+    finally:
+        d.shutdown()
+
+
+def test_an_answer_on_a_thread_shows_busy_until_it_is_stopped(driver: KernelDriver, tmp_path: Path) -> None:
+    assert driver.run("%load_ext lmchat").error is None
+    watch = StatusWatch(driver)
+    # The widget's Send starts the answer on a thread; the request that started it ends at once.
+    cell = driver.send(
+        "from lmchat_jupyter import ChatWidget\n"
+        "w = ChatWidget(max_tokens=4000)\n"
+        "first = __import__('threading').Event()\n"
+        "w.conversation.subscribe(lambda e: e.kind == 'token' and first.set())\n"
+        f"w.submit({LONG!r})\n"
+        "first.wait(120)"
+    )
+    watch.until("the cell to end", is_status("idle", cell))
+    watch.read(1.0)
+    assert watch.shown == "busy", watch.seen[-6:]
+    # A cell that runs and ends meanwhile leaves the kernel busy: the answer goes on.
+    other = driver.send("1 + 1")
+    watch.until("the second cell to end", is_status("idle", other))
+    watch.read(0.5)
+    assert watch.shown == "busy", watch.seen[-6:]
+    assert driver.value("w.conversation.busy") is True  # the answer was still being generated
+    watch.read(0.5)
+    # Stopped: idle once the answer has ended (the comm-less stop is what the Stop button calls).
+    stop = driver.send("w.stop(); w.wait(60)")
+    watch.until("the stop cell to end", is_status("idle", stop))
+    watch.read(1.0)
+    assert watch.shown == "idle", watch.seen[-6:]
+
+
+def test_a_subshell_created_during_a_cell_leaves_it_busy(driver: KernelDriver, tmp_path: Path) -> None:
+    gate = tmp_path / "release"
+    watch = StatusWatch(driver)
+    # The comm opened by %load_ext makes JupyterLab create a subshell while the cell still runs.
+    cell = driver.send(
+        f"%load_ext lmchat\nimport pathlib, time\nwhile not pathlib.Path({str(gate)!r}).exists():\n    time.sleep(0.02)"
+    )
+    watch.until("the cell to start", is_status("busy", cell))
+    watch.until("lmchat to ask for the frontend", lambda m: m["msg_type"] == "comm_open")
+    request = driver.kc.session.msg("create_subshell_request", {})
+    driver.kc.control_channel.send(request)
+    watch.until("the subshell request to end", is_status("idle", request["header"]["msg_id"]))
+    watch.read(0.5)
+    assert watch.shown == "busy", watch.seen[-6:]
+    # JupyterLab then opens its comm on that subshell, which says hello while the cell still runs.
+    subshell = driver.kc.get_control_msg(timeout=30)["content"]["subshell_id"]
+    hello = {"type": "hello", "format": 1, "notebook_path": "status.ipynb", "metadata": None}
+    comm_open = driver.kc.session.msg("comm_open", {"comm_id": "status-test", "target_name": "lmchat", "data": hello})
+    comm_open["header"]["subshell_id"] = subshell
+    driver.kc.shell_channel.send(comm_open)
+    watch.until("the hello to be handled", is_status("idle", comm_open["header"]["msg_id"]))
+    watch.read(0.5)
+    assert watch.shown == "busy", watch.seen[-6:]
+    gate.touch()
+    watch.until("the cell to end", is_status("idle", cell))
+    watch.read(0.5)
+    assert watch.shown == "idle", watch.seen[-6:]
