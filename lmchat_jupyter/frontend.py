@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import kernel, kernel_status
+from . import kernel
 from .errors import LmchatError
 from .events import ConversationEvent
 from .metadata import (
@@ -198,8 +198,6 @@ def register(ipython: Any) -> None:
     b = bridge()
     kernel_obj = getattr(ipython, "kernel", None)
     if kernel_obj is not None:
-        # Before the comm opens: JupyterLab's subshell for it must not make the running cell look idle.
-        kernel_status.start()
         from comm import get_comm_manager
 
         get_comm_manager().register_target(TARGET, b.on_open)
@@ -221,7 +219,6 @@ def unregister(ipython: Any) -> None:
 
         get_comm_manager().unregister_target(TARGET, bridge().on_open)
     bridge().panel.close()
-    kernel_status.stop()
     for comm in list(bridge().comms):
         try:
             comm.close()

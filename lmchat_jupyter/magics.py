@@ -12,7 +12,7 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument
 from IPython.display import Markdown, display
 
-from . import forks, kernel, sidecar_space
+from . import forks, kernel, kernel_status, sidecar_space
 from .cell_message import keep_if_names_gone, prepare, tag_user_message, token_cost
 from .chat_report import cap_note, describe, gpu_layers_note, list_conversations
 from .conversation import Conversation
@@ -324,6 +324,9 @@ def load(ipython: Any) -> None:
     state = kernel.chats(ipython)
     if state.magics_loaded:
         return
+    # First: the comms that restoring and the frontend open make JupyterLab send requests that end in
+    # "idle" while this cell still runs.
+    kernel_status.start()
     ipython.register_magics(ChatMagics)
     ipython.events.register("pre_run_cell", _on_pre_run_cell)
     ipython.events.register("post_run_cell", _on_post_run_cell)
@@ -344,6 +347,7 @@ def unload(ipython: Any) -> None:
     from . import frontend
 
     frontend.unregister(ipython)
+    kernel_status.stop()
     ipython.events.unregister("pre_run_cell", _on_pre_run_cell)
     ipython.events.unregister("post_run_cell", _on_post_run_cell)
     magics = ipython.magics_manager.magics
