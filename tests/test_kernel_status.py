@@ -142,3 +142,29 @@ def test_a_subshell_created_during_a_cell_leaves_it_busy(driver: KernelDriver, t
     watch.until("the cell to end", is_status("idle", cell))
     watch.read(0.5)
     assert watch.shown == "idle", watch.seen[-6:]
+
+
+def test_a_panel_answer_shows_busy_until_it_ends(driver: KernelDriver) -> None:
+    setup = "import dataclasses, lmchat_jupyter\nc = lmchat_jupyter.current()\n"
+    setup += "c.options = dataclasses.replace(c.options, max_tokens=4000)"
+    assert driver.run("%load_ext lmchat").error is None
+    assert driver.run(setup).error is None
+    watch = StatusWatch(driver)
+
+    def comm(msg_type: str, content: dict[str, Any]) -> str:
+        msg = driver.kc.session.msg(msg_type, {"comm_id": "panel-test", **content})
+        driver.kc.shell_channel.send(msg)
+        return str(msg["header"]["msg_id"])
+
+    hello = {"type": "hello", "format": 1, "notebook_path": "status.ipynb", "metadata": None}
+    watch.until("the hello", is_status("idle", comm("comm_open", {"target_name": "lmchat", "data": hello})))
+    send = comm("comm_msg", {"data": {"type": "panel", "action": "send", "text": LONG}})
+    watch.until("the panel's request to end", is_status("idle", send))
+    watch.until("the answer to stream", lambda m: m.get("content", {}).get("data", {}).get("type") == "panel_stream")
+    watch.read(0.5)
+    assert watch.shown == "busy", watch.seen[-6:]
+    stop = comm("comm_msg", {"data": {"type": "panel", "action": "stop"}})
+    watch.until("the stop request to end", is_status("idle", stop))
+    watch.until("the stopped answer", lambda m: m.get("content", {}).get("data", {}).get("type") == "panel_state")
+    watch.read(1.0)
+    assert watch.shown == "idle", watch.seen[-6:]
