@@ -56,12 +56,21 @@ def record_messages(lab: LabPage) -> None:
         f"() => {{ {_KERNEL} window.__lmchatMessages = [];"
         " k.anyMessage.connect((_, a) => window.__lmchatMessages.push({direction: a.direction,"
         " type: a.msg.header.msg_type, parent: a.msg.parent_header?.msg_type ?? '',"
-        " state: a.msg.content?.execution_state ?? ''})); }"
+        " state: a.msg.content?.execution_state ?? '', at: performance.now()})); }"
     )
 
 
 def messages(lab: LabPage) -> list[dict[str, Any]]:
     return list(lab.page.evaluate("() => window.__lmchatMessages"))
+
+
+def idle_gap(seen: list[dict[str, Any]]) -> float:
+    """Milliseconds between the kernel's idle for the subshell request and the next busy the page received."""
+    at = next(i for i, m in enumerate(seen) if m["state"] == "idle" and m["parent"] == "create_subshell_request")
+    busy = next(
+        m for m in seen[at:] if m["type"] == "status" and m["state"] == "busy" and m["parent"] != "debug_request"
+    )
+    return float(busy["at"] - seen[at]["at"])
 
 
 def samples(lab: LabPage, count: int = 8) -> list[str]:
@@ -92,6 +101,9 @@ def test_status_bar_says_busy_while_lmchat_works(tmp_path: Path) -> None:
                 lambda: any(m["state"] == "idle" and m["parent"] == "create_subshell_request" for m in messages(lab)),
                 timeout=120,
             )
+            # The kernel's "idle" is answered with "busy" as it is read back: Busy again a moment later.
+            wait_for("the status bar to say Busy again", lambda: status_bar(lab).endswith("| Busy"), timeout=5)
+            print(f"Idle shown for {idle_gap(messages(lab)):.0f} ms after the subshell request")
             during_cell = samples(lab)
             assert all(s.endswith("| Busy") for s in during_cell), (during_cell, messages(lab)[-12:])
             (root / GATE).touch()
