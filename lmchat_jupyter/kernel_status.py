@@ -58,7 +58,7 @@ class StatusKeeper:
         """Start reading; ``running_cell``: the execute_request running now (``%load_ext`` in a cell)."""
         self._cell = running_cell or None
         self._thread.start()
-        self._connected.wait(1)  # a comm opened right after must not slip past an unconnected reader
+        self._connected.wait(0.3)  # a comm opened right after must not slip past an unconnected reader
 
     def stop(self) -> None:
         """Stop reading; an answer still generating is reported idle (nobody will end it here)."""
