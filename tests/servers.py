@@ -76,9 +76,17 @@ class LlamaServer:
     """
 
     def __init__(
-        self, slot_dir: Path, *, parallel: int = 2, ctx_per_slot: int = 4096, api_key: str | None = None
+        self,
+        slot_dir: Path,
+        *,
+        parallel: int = 2,
+        ctx_per_slot: int = 4096,
+        api_key: str | None = None,
+        model: Path | None = None,
     ) -> None:
         self.slot_dir = slot_dir
+        #: The model file (None: the embedded default); may change between restarts.
+        self.model = model
         self.parallel = parallel
         self.ctx_per_slot = ctx_per_slot
         self.api_key = api_key
@@ -90,6 +98,8 @@ class LlamaServer:
     def start(self) -> LlamaServer:
         command = ["bash", str(SCRIPT), "--port", str(self.port), "--parallel", str(self.parallel)]
         command += ["--ctx-per-slot", str(self.ctx_per_slot), "--slot-save-path", str(self.slot_dir)]
+        if self.model is not None:
+            command += ["--model", str(self.model)]
         # No RAM prompt cache (llama-server keeps 8 GiB of evicted slots by default): what a test or a
         # benchmark sees of a conversation's cache comes from its slot and its slot file only.
         command += ["--", "--threads", "2", "--cache-ram", "0"]

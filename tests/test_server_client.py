@@ -111,7 +111,7 @@ def test_a_wrong_or_missing_key_is_an_auth_error(server: LlamaServer, monkeypatc
 
 
 def test_a_server_address_as_a_model_spec_says_where_servers_are_used() -> None:
-    with pytest.raises(ModelNotFoundError, match="server address.*ServerChat"):
+    with pytest.raises(ModelNotFoundError, match="server address.*load_model"):
         resolve_model_path("http://127.0.0.1:8080")
 
 
