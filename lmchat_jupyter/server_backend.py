@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import interrupts
 from .backend import ServerReport
 from .chat_jinja import render_chat
 from .errors import LmchatError, ServerAuthError, ServerError, ServerUnreachableError, SlotStorageError
@@ -178,9 +179,15 @@ class LlamaServerBackend:
 
         def sample() -> int:
             completion = self._completion
-            if completion is None:
-                completion = self._start(options.max_tokens, sampling)
-            token, text = completion.stream.next()
+            try:
+                # Waiting for the server is most of an answer's time here: Ctrl-C ends the wait.
+                with interrupts.released():
+                    if completion is None:
+                        completion = self._start(options.max_tokens, sampling)
+                    token, text = completion.stream.next()
+            except BaseException:
+                self._abandon()
+                raise
             self._last = (token, text)
             if token == END:
                 self._finished(completion)
@@ -304,8 +311,16 @@ class LlamaServerBackend:
             if stream.final is not None:
                 self._finished(completion)
                 return
-        stream.close()
-        self._completion = None
+        self._abandon()
+
+    def _abandon(self) -> None:
+        """The completion under way broke off (Ctrl-C, a lost server): close it, which stops the server;
+        what its slot holds is not known, so it is neither claimed nor saved."""
+        completion, self._completion = self._completion, None
+        if completion is not None:
+            completion.stream.close()
+            if completion.label is not None:
+                self._claims.pop(completion.label, None)
 
     def _take_slot(self, label: str | None) -> int:
         """A slot for the next answer, with the conversation's slot file restored into it where needed."""

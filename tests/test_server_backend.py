@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -172,6 +173,23 @@ def test_a_stopped_answer_keeps_its_text_and_the_next_turn_goes_on(one_slot: Lla
             conv.stop()
     assert turn.result is not None and turn.result.finish_reason == "stopped"
     conv.submit("Say the code word again.")
+    assert _timings(model)["prompt_n"] < 40, _timings(model)
+
+
+def test_ctrl_c_while_the_server_reads_the_prompt_ends_the_wait(server: LlamaServer) -> None:
+    model = _server_model(server.url)
+    conv = _chat(model, "PAPAYA")
+    before = [m.to_json() for m in conv.history]
+    # About 1,400 tokens for the server to read first (a second or more here): the signal comes before any token.
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            conv.submit("The sea is wide and deep. " * 200 + "Tell me a long story.", max_tokens=200)
+    finally:
+        timer.cancel()
+    assert [m.to_json() for m in conv.history] == before  # no partial answer: the wait itself was interrupted
+    assert conv.submit("Say the code word again.").text
     assert _timings(model)["prompt_n"] < 40, _timings(model)
 
 
