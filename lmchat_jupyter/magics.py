@@ -128,7 +128,8 @@ class ChatMagics(Magics):
         state = kernel.chats(self.shell)
         store = state.store
         name = args.name or store.active
-        conv = store.get(name, system=args.system)
+        # A new conversation starts on --model at once: a kernel that talks to a server need not hold a model.
+        conv = store.get(name, system=args.system, model=args.model)
         _wait_until_free(conv)
         if args.model is not None and args.model != (conv.model.spec or None):
             conv.switch_model(store.model_for(args.model), progress=store.progress("Re-reading"))

@@ -125,8 +125,11 @@ class ChatStore:
             if isinstance(conv.model, ServerModel):
                 conv.model.set_api_key(api_key)
 
-    def get(self, name: str | None = None, *, create: bool = True, system: str | None = None) -> Conversation:
-        """The conversation called ``name`` (default: the active one), restoring or creating it."""
+    def get(
+        self, name: str | None = None, *, create: bool = True, system: str | None = None, model: str | None = None
+    ) -> Conversation:
+        """The conversation called ``name`` (default: the active one), restoring or creating it; one created
+        here runs on the model spec ``model`` (None: the kernel's own)."""
         name = check_name(name or self.active)
         conv = self.conversations.get(name)
         if conv is None:
@@ -138,7 +141,7 @@ class ChatStore:
             if not create:
                 raise LmchatError(f"there is no conversation called {name!r}; `%chat list` shows them")
             self.keep_aside(name, "they could not be restored")
-            conv = Conversation(self.model_for(None), system=system)
+            conv = Conversation(self.model_for(model), system=system)
             self.adopt(name, conv)
         elif system is not None and conv.history.system != system:
             if conv.history.user_message_count:

@@ -13,6 +13,7 @@ import pytest
 
 from lmchat_jupyter import ChatHistory, signing
 from lmchat_jupyter.llama_server_client import LlamaServerClient
+from lmchat_jupyter.model_specs import default_model_path
 
 from .kernel_driver import CellRun, KernelDriver, notebook_file
 from .servers import TEST_API_KEY, LlamaServer, llama_server_binary
@@ -43,6 +44,11 @@ def timings(k: KernelDriver) -> dict[str, Any]:
     return dict(k.value("__import__('lmchat_jupyter').current().model.backend.last_completion.get('timings', {})"))
 
 
+def local_model_maps(k: KernelDriver) -> int:
+    """How many mappings of the embedded model's file the kernel has (llama.cpp maps a GGUF it loads)."""
+    return int(k.value(f"open('/proc/self/maps').read().count({default_model_path().name!r})"))
+
+
 def erase_slots(url: str) -> None:
     client = LlamaServerClient(url)
     for slot in client.slots():
@@ -65,6 +71,7 @@ def test_a_conversation_on_a_server_survives_a_kernel_restart(notebook: Path, se
     try:
         answers = first_turns(k, server.url)
         assert "llama-server at" in k.run("%chat info").stdout
+        assert local_model_maps(k) == 0  # a kernel that talks to a server loads no model itself
     finally:
         k.shutdown()
     folder = notebook.with_suffix(".lmchat")
@@ -83,11 +90,12 @@ def test_a_conversation_on_a_server_survives_a_kernel_restart(notebook: Path, se
         # The next cell's prompt evaluation on the server is only the new message: the slot file came back.
         assert k.run(chat(server.url) + "What is my name?", cell_id="c3").error is None
         assert timings(k)["prompt_n"] < 30 and timings(k)["cache_n"] > 40, timings(k)
+        assert local_model_maps(k) == 0
     finally:
         k.shutdown()
 
 
-def test_a_server_restart_keeps_the_slots_and_another_model_means_reading_again(
+def test_a_server_down_at_restart_then_restarted_with_its_slots_and_then_on_another_model(
     notebook: Path, server: LlamaServer, tmp_path: Path, smollm_path: Path
 ) -> None:
     k = KernelDriver(notebook, notebook.parent)
@@ -95,17 +103,24 @@ def test_a_server_restart_keeps_the_slots_and_another_model_means_reading_again(
         first_turns(k, server.url)
     finally:
         k.shutdown()
-    server.restart()  # the same --slot-save-path: the new server process finds the slot files
+    server.stop()
     k = KernelDriver(notebook, notebook.parent)
     try:
-        assert "full session" in k.run("%load_ext lmchat").stdout
+        # The server is down: the conversation waits in its files, and each cell says why it cannot go on.
+        loaded = k.run("%load_ext lmchat")
+        assert "could not be restored" in loaded.stdout and "cannot reach the server" in loaded.stdout, loaded.text
+        down = k.run(chat(server.url) + "What is my name?", cell_id="c3")
+        assert "cannot reach the server" in down.text, down.text
+        # The server comes back with the same --slot-save-path: its new process restores the slot file.
+        server.start()
         assert k.run(chat(server.url) + "What is my name?", cell_id="c3").error is None
+        assert k.value("__import__('lmchat_jupyter').current().info.user_message_count") == 3
         assert timings(k)["prompt_n"] < 30, timings(k)
     finally:
         k.shutdown()
 
     server.stop()
-    server.model = shutil.copy(smollm_path, tmp_path / "Other-Model.gguf")
+    server.model = Path(shutil.copy(smollm_path, tmp_path / "Other-Model.gguf"))
     server.start()
     k = KernelDriver(notebook, notebook.parent)
     try:
