@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from . import forks, kernel, sidecar_space
 from .conversation import Conversation
 from .models import ServerModel
+from .openai_backend import OpenAIBackend
 
 if TYPE_CHECKING:
     from .store import ChatStore
@@ -23,7 +24,7 @@ def describe(conv: Conversation, name: str, state: kernel.KernelChats) -> str:
     lines = [
         f"conversation: {name} ({info.conversation_id})",
         f"model: {conv.model.describe()}",
-        f"messages: {info.message_count} ({info.user_message_count} turns), tokens: {info.token_count:,} / {info.n_ctx:,}",
+        f"messages: {info.message_count} ({info.user_message_count} turns), {_tokens(conv)}",
         f"sidecar: {store.sidecar.folder} ({_folder_size(store)}) — {saved}",
     ]
     if name in store.kv_cache_off:
@@ -33,6 +34,15 @@ def describe(conv: Conversation, name: str, state: kernel.KernelChats) -> str:
     if isinstance(conv.model, ServerModel) and conv.model.notice:
         lines.append(f"server: {conv.model.notice}")
     return "\n".join(lines)
+
+
+def _tokens(conv: Conversation) -> str:
+    info = conv.info
+    backend = conv.model.backend
+    if isinstance(backend, OpenAIBackend):
+        size = f" / {info.n_ctx:,}" if conv.model.context_known else ""
+        return f"size: {info.token_count:,}{size} units of up to 3 bytes (the server counts its own tokens)"
+    return f"tokens: {info.token_count:,} / {info.n_ctx:,}"
 
 
 def _folder_size(store: ChatStore) -> str:

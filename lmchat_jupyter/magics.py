@@ -166,7 +166,10 @@ class ChatMagics(Magics):
             untag()
             result = turn.result
             if result is not None:
-                out.finish(result.text, stats_line(result, conv.model.n_ctx, conv.info.token_count))
+                out.finish(
+                    result.text,
+                    stats_line(result, conv.model.n_ctx if conv.model.context_known else None, conv.info.token_count),
+                )
                 state.replay_cursor[name] = len(cell_turns(conv.history))
 
     # --- %chat ----------------------------------------------------------------------------------

@@ -146,6 +146,11 @@ class Model:
         """Everything a saved KV state depends on; a session loads only where all of it matches."""
         return self.backend.describe()
 
+    @property
+    def context_known(self) -> bool:
+        """Whether ``n_ctx`` is the model's own context (for a server that does not say, it is a ceiling of lmchat's)."""
+        return True
+
     def context_overflow(self, needed: int) -> ContextOverflowError:
         """The error for a conversation that needs ``needed`` positions, more than the model has."""
         return ContextOverflowError(
@@ -184,6 +189,10 @@ class ServerModel(Model):
         return ""
 
     @property
+    def context_known(self) -> bool:
+        return bool(getattr(self.server, "context_known", True))
+
+    @property
     def notice(self) -> str | None:
         """Why a saved slot could not be used or written on the server, the last time that happened."""
         return self.server.notice
@@ -203,10 +212,10 @@ class ServerModel(Model):
         )
 
     def describe(self) -> str:
-        """``name (llama-server at URL, n_ctx=N)``, or ``name (OpenAI-compatible server at URL)``."""
+        """``name (llama-server at URL, n_ctx=N)``, or ``name (OpenAI-compatible server at URL, history-only)``."""
         if self.server.describe().get("server") == "llama-server":
             return f"{self.name} (llama-server at {self.url}, n_ctx={self.n_ctx})"
-        return f"{self.name} (OpenAI-compatible server at {self.url})"
+        return f"{self.name} (OpenAI-compatible server at {self.url}, history-only)"
 
     def describe_load(self) -> str:
         return f"Connected to {self.describe()} in {self.load_seconds:.1f} s"

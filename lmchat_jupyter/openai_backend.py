@@ -61,8 +61,14 @@ class OpenAIBackend:
 
     @property
     def model_file(self) -> str:
-        """The model as the server names it (its id in ``/v1/models``)."""
-        return self.model_id
+        """The model's name for people: its id in ``/v1/models`` without a path (llama-cpp-python's server
+        names a model by its file's whole path)."""
+        return self.model_id.rstrip("/").rsplit("/", 1)[-1] or self.model_id
+
+    @property
+    def context_known(self) -> bool:
+        """Whether the server said how large its context is (else ``n_ctx`` is only a ceiling of lmchat's)."""
+        return self.tier.n_ctx > 0
 
     @property
     def api_key(self) -> str | None:
@@ -88,7 +94,7 @@ class OpenAIBackend:
         return {"server": "openai", "url": self.tier.url, "model": self.model_id, "tier": "history-only"}
 
     def persistence(self) -> str:
-        return f"history-only (server: OpenAI-compatible at {self.tier.url}, model {self.model_id})"
+        return f"history-only (server: OpenAI-compatible at {self.tier.url}, model {self.model_file})"
 
     def last_report(self) -> ServerReport | None:
         return self._report

@@ -44,14 +44,16 @@ class AnswerDisplay:
             pass
 
 
-def stats_line(result: TurnResult, n_ctx: int, token_count: int) -> str:
-    """``42 tokens · 35.1 tok/s · first token 0.12 s · 1,234 / 8,192 context``."""
+def stats_line(result: TurnResult, n_ctx: int | None, token_count: int) -> str:
+    """``42 tokens · 35.1 tok/s · first token 0.12 s · 1,234 / 8,192 context`` (no context where ``n_ctx`` is None:
+    a server that does not say its own)."""
     parts = [
         f"{result.generated_tokens} tokens",
         f"{result.tokens_per_second:.1f} tok/s",
         f"first token {result.time_to_first_token:.2f} s",
-        f"{token_count:,} / {n_ctx:,} context",
     ]
+    if n_ctx is not None:
+        parts.append(f"{token_count:,} / {n_ctx:,} context")
     if result.finish_reason not in ("stop",):
         parts.append(
             {"length": "cut at max tokens", "stopped": "stopped", "interrupted": "interrupted"}[result.finish_reason]

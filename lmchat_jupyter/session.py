@@ -162,7 +162,7 @@ def load_into(cache: KVCache, saved: SavedSession, verify: str, use_kv: bool, pr
             else:
                 cache.check_at_first_use(check)
     elif use_kv and server is not None:
-        note = f"history ({server.persistence()}: the server reads it again with the next answer)"
+        note = f"{server.persistence()}: the history, which the server reads again with the next answer; restored"
     elif use_kv:
         note = "session tokens (llama.cpp refused the saved KV state, so they were evaluated again)"
     else:

@@ -342,7 +342,8 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
                 return
             conv, store = self._conv, self._store
             info, generating = conv.info, self._stream is not None
-            parts = [conv.model.display_name, f"{info.token_count:,} / {info.n_ctx:,} tokens"]
+            size = f"{info.token_count:,} / {info.n_ctx:,} tokens" if conv.model.context_known else "history-only"
+            parts = [conv.model.display_name, size]
             if generating:
                 parts.append("generating…")
             elif conv.last_result is not None:

@@ -138,7 +138,7 @@ def test_a_saved_conversation_restores_its_history_in_a_new_process(server: Open
     )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].startswith("history (history-only (server: OpenAI-compatible at " + server.url), lines[0]
+    assert lines[0].startswith(f"history-only (server: OpenAI-compatible at {server.url}, model SmolLM2"), lines[0]
     assert lines[1:] == ["progress calls: 0", "messages: 3", "answer: True", "messages: 5"]
 
 
