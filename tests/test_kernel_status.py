@@ -168,3 +168,16 @@ def test_a_panel_answer_shows_busy_until_it_ends(driver: KernelDriver) -> None:
     watch.until("the stopped answer", lambda m: m.get("content", {}).get("data", {}).get("type") == "panel_state")
     watch.read(1.0)
     assert watch.shown == "idle", watch.seen[-6:]
+
+
+def test_an_answer_that_fails_leaves_the_kernel_idle(driver: KernelDriver) -> None:
+    assert driver.run("%load_ext lmchat").error is None
+    watch = StatusWatch(driver)
+    # Longer than the model's context: the turn fails on its thread, the widget says why.
+    cell = driver.send(
+        "from lmchat_jupyter import ChatWidget\nw = ChatWidget()\nw.submit('bread ' * 20000)\nw.wait(120)"
+    )
+    watch.until("the cell to end", is_status("idle", cell))
+    watch.read(1.0)
+    assert watch.shown == "idle", watch.seen[-6:]
+    assert "error" in driver.value("w.status.value")
