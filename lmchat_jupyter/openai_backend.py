@@ -91,7 +91,13 @@ class OpenAIBackend:
         return N_UNITS + 1
 
     def describe(self) -> dict[str, Any]:
-        return {"server": "openai", "url": self.tier.url, "model": self.model_id, "tier": "history-only"}
+        return {
+            "server": "openai",
+            "url": self.tier.url,
+            "model": self.model_id,
+            "model_name": self.model_file,  # what a refused restore's message calls the model
+            "tier": "history-only",
+        }
 
     def persistence(self) -> str:
         return f"history-only (server: OpenAI-compatible at {self.tier.url}, model {self.model_file})"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from lmchat_jupyter import Conversation, Model, ModelSettings
-from lmchat_jupyter.errors import ServerAuthError, ServerError, ServerUnreachableError
+from lmchat_jupyter.errors import ServerAuthError, ServerError, ServerUnreachableError, SessionMismatchError
 from lmchat_jupyter.openai_backend import OpenAIBackend
 from lmchat_jupyter.openai_client import OpenAICompatibleClient
 from lmchat_jupyter.results import GenerationOptions
@@ -226,3 +226,21 @@ def test_ctrl_c_while_the_server_reads_the_prompt_ends_the_wait(server: OpenAISe
         timer.cancel()
     assert [m.to_json() for m in conv.history] == before  # no partial answer: the wait itself was interrupted
     assert conv.submit("What was the code word?").text == direct_answer(server.url, sent(conv))
+
+
+def test_a_session_from_another_model_comes_back_as_its_history(server: OpenAIServer, tmp_path: Path) -> None:
+    model = server_model(server.url)
+    conv = Conversation(model, system=SYSTEM, options=GREEDY)
+    conv.submit("Remember this code word: PAPAYA.")
+    path = tmp_path / "chat.lmsession"
+    conv.save(path)
+    tier: ServerTier = model.backend.tier  # type: ignore[attr-defined]
+    other_tier = ServerTier("openai", tier.url, {**tier.fingerprint, "model": "other-model"}, 0, 0)
+    other = OpenAIBackend(other_tier, TEST_API_KEY)
+    on_other = Model(server.url, Path(server.url), ModelSettings(), other, other.name)
+    with pytest.raises(SessionMismatchError, match="other-model") as refused:
+        Conversation.restore(on_other, path)
+    assert set(refused.value.differences) == {"model", "model_name"}
+    assert "saved with SmolLM2-135M-Instruct.Q4_1.gguf" in str(refused.value)
+    again = Conversation.from_history(on_other, refused.value.history, options=GREEDY)
+    assert [m.to_json() for m in again.history] == [m.to_json() for m in conv.history]
