@@ -354,12 +354,29 @@ def write_markdown(
         *[f"- {n}" for n in notes],
         "",
     ]
-    # The shared-server sections come from their own commands (benchmarks.server_bench, server_load).
+    # The sections between markers come from their own commands (benchmarks.server_bench, server_load,
+    # autosave_bench): carried over as they are.
     previous = path.read_text() if path.exists() else ""
-    begin, end = previous.find("<!-- begin server-"), previous.rfind("<!-- end server-")
+    begin, end = previous.find("<!-- begin "), previous.rfind("<!-- end ")
     if 0 <= begin < end:
         lines += [previous[begin : previous.index("-->", end) + 3], ""]
     path.write_text("\n".join(lines))
+
+
+def write_block(path: Path, name: str, section: str) -> None:
+    """Put ``section`` into RESULTS.md between ``<!-- begin NAME -->`` markers, in place of the last one.
+
+    benchmarks.run rewrites the rest of the file and carries these blocks over.
+    """
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    block = f"{begin}\n{section}\n{end}"
+    text = path.read_text() if path.exists() else ""
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
 
 
 def write_plot(path: Path, results: list[ModelResult]) -> None:

@@ -77,10 +77,12 @@ def append_whole(
     fd = open_appendable(path)
     if fd is None:
         return None
+    ours = False
     try:
         info = os.fstat(fd)
         if (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns) != expected or info.st_nlink != 1:
             return None
+        ours = True
         written = 0
         for chunk in chunks:
             view = memoryview(chunk).cast("B")
@@ -91,10 +93,15 @@ def append_whole(
         if written:
             os.fsync(fd)
         return os.fstat(fd)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, expected[2])
-        raise StorageError(f"could not write {path}: {exc.strerror or exc}. The previous file is unchanged.") from exc
+    except BaseException as exc:  # a failed write, or Ctrl-C in the middle of it: cut it off again
+        if ours:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, expected[2])
+        if isinstance(exc, OSError):
+            raise StorageError(
+                f"could not write {path}: {exc.strerror or exc}. The previous file is unchanged."
+            ) from exc
+        raise
     finally:
         os.close(fd)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -269,29 +270,35 @@ class Conversation:
         target = None if path is None else Path(path)
         # One save at a time: a record follows what the previous save wrote.
         with self._save_lock:
-            with self._turn_lock, self.model.lock, interrupts.held():
-                self.cache.activate()
-                plan = session_save.plan_save(self.history, self.model, self.cache, self._saved_at, target)
+            plan = self._plan_save(target, self._saved_at)
             # The file is written outside the turn's locks: the next turn need not wait for the disk.
             if target is None:
                 return b"".join(plan.chunks)
-            self.last_save = plan
             self._saved_at = None  # until the write is known to be whole
+            started = time.perf_counter()
             written = None
             if plan.append and plan.point.identity is not None:
                 written = append_whole(target, plan.chunks, plan.point.identity)
                 if written is None:  # not the file this process wrote: write it whole
-                    with self._turn_lock, self.model.lock, interrupts.held():
-                        self.cache.activate()
-                        plan = session_save.plan_save(self.history, self.model, self.cache, None, target)
-                    self.last_save = plan
+                    plan = self._plan_save(target, None)
+                    started = time.perf_counter()
             if written is None:
                 written = atomic_write_stat(target, plan.chunks)
+            plan.write_seconds = time.perf_counter() - started
             plan.point.path = target
             plan.point.identity = session_save.identity_of(written)
             plan.chunks = []  # the sizes stay; the KV bytes go
             self._saved_at = plan.point
+            self.last_save = plan
         return None
+
+    def _plan_save(self, target: Path | None, point: session_save.SessionPoint | None) -> session_save.SavePlan:
+        with self._turn_lock, self.model.lock, interrupts.held():
+            started = time.perf_counter()
+            self.cache.activate()
+            plan = session_save.plan_save(self.history, self.model, self.cache, point, target)
+            plan.locked_seconds = time.perf_counter() - started
+        return plan
 
     def switch_model(self, model: Model, progress: Progress | None = None) -> None:
         """Continue on another model: the history carries over and is evaluated again; the old KV is dropped."""

@@ -196,7 +196,7 @@ def _parse(model: Model, view: memoryview, source: str, started: float) -> Saved
         saved_name = saved.get("model_name", "?") if isinstance(saved, dict) else "?"
         for record in scan.records:
             try:
-                history = _patched_history(history, record)
+                history = _patched_history(history, record.sections["history"])
             except SessionCorruptError:
                 break
         _release(scan.records)
@@ -246,10 +246,10 @@ def _release(records: list[session_records.ParsedRecord]) -> None:
         record.release()
 
 
-def _patched_history(history: ChatHistory, record: session_records.ParsedRecord) -> ChatHistory:
-    """``history`` with a record's change: its first ``keep`` messages, then the record's."""
+def _patched_history(history: ChatHistory, change: memoryview) -> ChatHistory:
+    """``history`` with a record's change (its history section): its first ``keep`` messages, then the record's."""
     try:
-        patch = json.loads(bytes(record.sections["history"]).decode("utf-8"))
+        patch = json.loads(bytes(change).decode("utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise SessionCorruptError("its history change does not parse") from None
     if not isinstance(patch, dict) or type(patch.get("keep")) is not int or not isinstance(patch.get("messages"), list):
@@ -289,7 +289,7 @@ def _applied(
     tokens = state.tokens + np.frombuffer(raw_tokens, dtype="<i4").tolist()
     combined = {"text": state.text + engine["text"], "checkpoints": engine.get("checkpoints")}
     new_state = _checked_engine_state(combined, tokens, model, source)
-    return _patched_history(history, record), new_state, (first, end, kv)
+    return _patched_history(history, record.sections["history"]), new_state, (first, end, kv)
 
 
 def history_in(view: memoryview) -> ChatHistory | None:
@@ -306,19 +306,17 @@ def history_in(view: memoryview) -> ChatHistory | None:
         return None
     finally:
         section.release()
-    try:
-        parsed = session_format.parse(view, "session")
-    except SessionCorruptError:
+    where = session_format.extent(view)
+    if where is None:
         return history
-    for view_ in parsed.sections.values():
-        view_.release()
-    scan = session_records.read_records(view, parsed.end, parsed.chain, signing.header_is_signed(parsed.header))
-    for record in scan.records:
+    end, chain, _header = where
+    for section in session_records.record_histories(view, end, chain):
         try:
-            history = _patched_history(history, record)
+            history = _patched_history(history, section)
         except SessionCorruptError:
             break
-    _release(scan.records)
+        finally:
+            section.release()
     return history
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "lead_digest",
     "RECORD_MAGIC",
     "starts_record",
+    "extent",
 ]
 
 MAGIC = b"LMCHATS\x00"
@@ -236,19 +237,37 @@ def starts_record(lead: bytes) -> bool:
     return bool(lead) and RECORD_MAGIC.startswith(lead[: len(RECORD_MAGIC)])
 
 
-def salvage(buf: memoryview, name: str) -> memoryview | None:
-    """Section ``name`` of a session that :func:`parse` refused, if that section and the header are intact.
+def salvage(buf: memoryview, name: str, magic: bytes = MAGIC) -> memoryview | None:
+    """Section ``name`` of a session (or record) that :func:`parse` refused, if that section and the
+    header are intact. Only that section is checked: the rest is not read.
 
     A damaged KV state should not cost the conversation: its history is usually still there.
     """
     try:
-        header, data_start, _ = _checked_header(buf, SessionCorruptError)
+        header, data_start, _ = _checked_header(buf, SessionCorruptError, magic)
         for entry in header["sections"]:
             if isinstance(entry, dict) and entry.get("name") == name:
                 return _checked_section(buf, entry, data_start, SessionCorruptError)[2]
     except SessionCorruptError:
         pass
     return None
+
+
+def extent(buf: memoryview, magic: bytes = MAGIC) -> tuple[int, str, dict[str, Any]] | None:
+    """Where a session's base (or a record) ends, its lead's digest and its header, from its checked
+    header alone (no section is read); None where the header is not intact or its table is malformed."""
+    try:
+        header, data_start, _ = _checked_header(buf, SessionCorruptError, magic)
+        entries = header["sections"]
+        end = data_start + max((e["offset"] + e["length"] + _pad(e["length"]) for e in entries), default=0)
+    except (SessionCorruptError, TypeError, KeyError):
+        return None
+    if header.get("size", end) != end or end > len(buf):
+        return None
+    lead = buf[:data_start]
+    chain = lead_digest(lead)
+    lead.release()
+    return end, chain, header
 
 
 def _checked_header(

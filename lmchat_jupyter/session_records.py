@@ -22,7 +22,7 @@ from typing import Any
 from . import session_format, signing
 from .errors import SessionCorruptError
 
-__all__ = ["ParsedRecord", "RecordScan", "read_records", "build_record", "MAX_RECORDS"]
+__all__ = ["ParsedRecord", "RecordScan", "read_records", "record_histories", "build_record", "MAX_RECORDS"]
 
 #: Records a reader follows at most; a writer writes the whole session again well before.
 MAX_RECORDS = 4096
@@ -104,3 +104,26 @@ def _checked_record(view: memoryview, pos: int, chain: str, signed: bool, index:
             section.release()
         raise
     return ParsedRecord(header, parsed.sections, pos, parsed.end, parsed.chain)
+
+
+def record_histories(buf: memoryview, start: int, chain: str) -> list[memoryview]:
+    """The history sections of the records from ``start`` on, each checked with its header alone (their
+    KV states are not read: for a file whose visible history is all that is used). Stops at the first
+    record that does not follow the one before it, is cut short, or whose history section is damaged."""
+    found: list[memoryview] = []
+    pos = start
+    while pos < len(buf) and len(found) < MAX_RECORDS:
+        view = buf[pos:]
+        try:
+            where = session_format.extent(view, session_format.RECORD_MAGIC)
+            if where is None or where[2].get("prev") != chain:
+                break
+            section = session_format.salvage(view, "history", session_format.RECORD_MAGIC)
+            if section is None:
+                break
+        finally:
+            view.release()
+        found.append(section)
+        pos += where[0]
+        chain = where[1]
+    return found

@@ -73,6 +73,9 @@ class SavePlan:
     size: int = 0
     kv_bytes: int = 0
     details: dict[str, Any] = field(default_factory=dict)
+    #: Seconds the save held the conversation (the next turn waits for at most this), and spent writing.
+    locked_seconds: float = 0.0
+    write_seconds: float = 0.0
 
 
 def message_keys(history: ChatHistory) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import llama_cpp
@@ -226,3 +227,71 @@ def test_a_session_of_a_one_sequence_context_loads_into_a_two_sequence_one(
     back = Conversation.restore(single, tmp_path / "new.lmsession")
     assert back.restored_from is not None and "base + 1 record" in back.restored_from
     assert _next(back) == _next(newer)
+
+
+APPENDING_CHILD = r"""
+import sys, time
+from pathlib import Path
+from lmchat_jupyter import Conversation, load_model, session_save
+from lmchat_jupyter.atomic import append_whole
+
+path = Path(sys.argv[1])
+conv = Conversation(load_model(n_ctx=4096), system=sys.argv[2])
+for prompt in sys.argv[3:5]:
+    conv.submit(prompt, temperature=0.0, max_tokens=24)
+    conv.save(path)
+conv.submit(sys.argv[5], temperature=0.0, max_tokens=24)
+point = conv._saved_at
+with conv.model.lock:
+    plan = session_save.plan_save(conv.history, conv.model, conv.cache, point, path)
+
+
+def slowly(chunks):
+    # The record's real bytes, handed over in 4 KiB pieces: a kill lands inside the append.
+    print("appending", sum(len(c) for c in chunks), flush=True)
+    for chunk in chunks:
+        view = memoryview(chunk).cast("B")
+        for i in range(0, len(view), 4096):
+            time.sleep(0.002)
+            yield view[i : i + 4096]
+
+
+append_whole(path, slowly(plan.chunks), point.identity)
+print("done", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_kill_during_an_append_restores_the_turn_before(model: Model, tmp_path: Path) -> None:
+    """kill -9 while a record is being appended: the file restores the turns before it, whole."""
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    rng = random.Random(7)
+    expected = _conversation_saved_after_each_turn(model, tmp_path / "expected.lmsession", 2)
+    for attempt in range(3):
+        path = tmp_path / f"killed-{attempt}.lmsession"
+        child = subprocess.Popen(
+            [sys.executable, "-c", APPENDING_CHILD, str(path), LONG_SYSTEM, *PROMPTS[:3]],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert child.stdout is not None
+            line = child.stdout.readline()
+            assert line.startswith("appending"), line
+            record = int(line.split()[1])
+            size_before = path.stat().st_size
+            time.sleep(rng.uniform(0.01, 0.2))
+            child.send_signal(signal.SIGKILL)
+        finally:
+            child.kill()
+            child.wait()
+        torn = path.stat().st_size - size_before
+        assert 0 < torn < record, (torn, record)  # the kill landed inside the append
+        restored = Conversation.restore(model, path)
+        assert restored.restored_from is not None and "ignored" in restored.restored_from
+        assert [m.content for m in restored.history] == [m.content for m in expected.history]
+        assert restored.cache.tokens == expected.cache.tokens
