@@ -224,7 +224,7 @@ class PanelChannel:
                 partial="".join(partial) if partial is not None else None,
                 model=conv.model.display_name,
                 tokens=info.token_count,
-                n_ctx=info.n_ctx,
+                n_ctx=info.n_ctx if conv.model.context_known else None,  # None: the panel shows no size
             )
         self._send(state)
 

@@ -49,6 +49,8 @@ def test_a_notebook_chat_on_an_openai_server_comes_back_as_its_history(server: O
         assert "restored default: 4 messages" in loaded.stdout, loaded.text
         assert f"history-only (server: OpenAI-compatible at {server.url}" in loaded.stdout, loaded.text
         assert "tok/s" not in loaded.text  # nothing was re-read: no progress bar, no rate
+        status = k.value("__import__('lmchat_jupyter').ChatWidget().status.value")
+        assert "history-only" in status and "16,777,216" not in status, status
         for cell, prompt in PROMPTS.items():
             run = k.run(chat + prompt, cell_id=cell)
             assert "not generated again" in run.displays[-1] and answers[cell] in run.displays[-1]
