@@ -42,6 +42,8 @@ def test_a_notebook_chat_on_an_openai_server_comes_back_as_its_history(server: O
         assert f"(OpenAI-compatible server at {server.url}, history-only)" in info, info
     finally:
         k.shutdown()
+    saved = [path.read_bytes() for path in tmp_path.glob("shared.lmchat/*") if path.is_file()]
+    assert saved and not any(TEST_API_KEY.encode() in data for data in saved)
 
     k = KernelDriver(notebook, tmp_path, env)
     try:
