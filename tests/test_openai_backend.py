@@ -216,12 +216,13 @@ def test_ctrl_c_while_the_server_reads_the_prompt_ends_the_wait(server: OpenAISe
     conv = Conversation(server_model(server.url), system=SYSTEM, options=GREEDY)
     conv.submit("Remember this code word: PAPAYA.")
     before = [m.to_json() for m in conv.history]
-    # About 350 tokens for the server to read first (seconds here): the signal comes before any token.
-    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    # About 600 tokens for the server to read first (seconds on 2 cores), the signal after 0.1 s: it comes
+    # while the kernel waits for the first token.
+    timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            conv.submit("The sea is wide and deep. " * 50 + "Tell me a long story.", max_tokens=200)
+            conv.submit("The sea is wide and deep. " * 85 + "Tell me a long story.", max_tokens=200)
     finally:
         timer.cancel()
     assert [m.to_json() for m in conv.history] == before  # no partial answer: the wait itself was interrupted
