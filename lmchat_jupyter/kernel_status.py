@@ -13,7 +13,8 @@ messages, whatever request they answer. Two things make them say "Idle" while wo
 topic only: the protocol, no kernel internals) and answers each ``idle`` with ``busy`` while a cell runs
 (the cell's ``execute_request`` as parent) or an answer is generated (the request that started it).
 When the last answer ends and no cell runs it publishes ``idle``; a ``busy`` of its own that arrives
-after its reason ended is followed by ``idle``. A kernel without IOPub (a plain IPython shell, tests
+after its reason ended is followed by ``idle``. Its ``idle`` messages have no parent, so that no
+frontend takes one for the end of a request (a cell's, a comm message's) that may still be under way. A kernel without IOPub (a plain IPython shell, tests
 without a kernel) gets no keeper: :func:`generating` then does nothing.
 """
 
@@ -64,10 +65,9 @@ class StatusKeeper:
         """Stop reading; an answer still generating is reported idle (nobody will end it here)."""
         with self._lock:
             ending = self._turns and self._cell is None
-            parent = next(iter(self._turns.values()), {})
             self._turns.clear()
         if ending:
-            self._publish("idle", parent)
+            self._publish("idle")
         self._stopping.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(2)
@@ -88,7 +88,7 @@ class StatusKeeper:
                 self._turns.pop(turn, None)
                 done = not self._turns and self._cell is None
             if done:
-                self._publish("idle", parent)
+                self._publish("idle")
 
     # --- the kernel's status messages -----------------------------------------------------------
 
@@ -113,9 +113,11 @@ class StatusKeeper:
         if state == "idle" and reason is not None:
             self._publish("busy", reason)
         elif state == "busy" and ours and reason is None:
-            self._publish("idle", parent)  # published as its reason ended: take it back
+            self._publish("idle")  # published as its reason ended: take it back
 
-    def _publish(self, state: str, parent: Header) -> None:
+    def _publish(self, state: str, parent: Header | None = None) -> None:
+        """Publish ``state``; an ``idle`` has no parent: a frontend that waits for its request's idle (a
+        cell's outputs, a comm message's) must not take it for the kernel's, which may still be to come."""
         session = self._kernel.session
         try:
             msg = session.msg("status", {"execution_state": state}, parent=parent)

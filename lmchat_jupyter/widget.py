@@ -47,6 +47,7 @@ class ChatWidget(W.VBox):  # type: ignore[misc]
     """
 
     def __init__(self, name: str | None = None, **options: Any) -> None:
+        kernel_status.start()  # here, in the cell that shows the widget: it knows that the cell runs
         self._state = kernel.chats()
         self._store = self._state.store
         self.name = name or self._store.active
