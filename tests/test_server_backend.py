@@ -241,3 +241,12 @@ def test_an_openai_compatible_server_gives_a_history_only_model(tmp_path: Path, 
         assert Conversation(model, options=SHORT).submit("Hi").text
     finally:
         running.stop()
+
+
+def test_the_engine_path_benchmark_runs(one_slot: LlamaServer) -> None:
+    from benchmarks import server_backend_bench as bench
+
+    resume = bench.bench_resume(one_slot, 300)
+    assert resume["restored_prompt_tokens"] < 40 < resume["reread_prompt_tokens"]
+    stream = bench.bench_stream(one_slot, 8, 1)
+    assert "| Resume after a restart" in bench.markdown(resume, stream, (0.0, 0.0))
