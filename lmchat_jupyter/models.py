@@ -212,9 +212,10 @@ class ServerModel(Model):
         )
 
     def describe(self) -> str:
-        """``name (llama-server at URL, n_ctx=N)``, or ``name (OpenAI-compatible server at URL, history-only)``."""
+        """``name (llama-server at URL, n_ctx=N, full sessions)``, or ``name (OpenAI-compatible server at URL,
+        history-only)``."""
         if self.server.describe().get("server") == "llama-server":
-            return f"{self.name} (llama-server at {self.url}, n_ctx={self.n_ctx})"
+            return f"{self.name} (llama-server at {self.url}, n_ctx={self.n_ctx}, full sessions)"
         return f"{self.name} (OpenAI-compatible server at {self.url}, history-only)"
 
     def describe_load(self) -> str:

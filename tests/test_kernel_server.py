@@ -70,7 +70,7 @@ def test_a_conversation_on_a_server_survives_a_kernel_restart(notebook: Path, se
     k = KernelDriver(notebook, notebook.parent)
     try:
         answers = first_turns(k, server.url)
-        assert "llama-server at" in k.run("%chat info").stdout
+        assert "llama-server at" in k.run("%chat info").stdout and "full sessions" in k.run("%chat info").stdout
         assert local_model_maps(k) == 0  # a kernel that talks to a server loads no model itself
     finally:
         k.shutdown()
