@@ -21,6 +21,7 @@ from .history import ChatHistory
 from .magic_args import declare, parse_words, split_words, subcommand
 from .metadata import EMBED_SETTINGS
 from .notebook_context import ErrorLog, parse_context, record_error
+from .openai_backend import OpenAIBackend
 from .output import AnswerDisplay, show_stored, show_transcript, stats_line, transcript_markdown
 from .replay import cell_turns, decide
 
@@ -188,10 +189,11 @@ class ChatMagics(Magics):
             twin = forks.fork(store, source, args.new, args.at)
             store.active = args.new
             state.replay_cursor[args.new] = len(cell_turns(twin.history))
-            print(
-                f"lmchat: {args.new!r} {forks.origin_note(twin.history)}, its {twin.info.token_count:,} cached tokens "
-                f"copied (nothing evaluated again); %%chat now uses {args.new!r}"
-            )
+            if isinstance(twin.model.backend, OpenAIBackend):
+                copied = "its history copied (history-only: the server reads it with the next answer)"
+            else:
+                copied = f"its {twin.info.token_count:,} cached tokens copied (nothing evaluated again)"
+            print(f"lmchat: {args.new!r} {forks.origin_note(twin.history)}, {copied}; %%chat now uses {args.new!r}")
             return None
         if command == "forget":
             freed = sidecar_space.drop_kv_cache(store, args.conversation)

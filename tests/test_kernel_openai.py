@@ -75,5 +75,12 @@ def test_a_notebook_chat_on_an_openai_server_comes_back_as_its_history(server: O
         assert "not generated again" in run.displays[-1], run.text
         assert k.value(current(".info.user_message_count")) == 3
         assert "restored: history-only (server: OpenAI-compatible" in k.run("%chat info").text
+        forked = k.run("%chat fork side --at 1")
+        assert "its history copied (history-only" in forked.stdout, forked.text
+        assert k.run(chat + "And what do I like?", cell_id="s1").error is None
+        side = k.value("__import__('lmchat_jupyter').current('side').history.as_chat_messages()")
+        assert [m["content"] for m in side if m["role"] == "user"] == ["My name is Ada.", "And what do I like?"]
+        assert k.run("%chat use default").error is None and k.run("%chat rewind 1").error is None
+        assert k.value(current(".info.user_message_count")) == 2
     finally:
         k.shutdown()
