@@ -60,3 +60,20 @@ def test_benchmark_smoke_writes_table_plot_and_numbers(tmp_path: Path) -> None:
     assert model["kernel"]["rerun"]["replayed_cells"] == 2
     # The scratch folder (sessions, raw states, kernels' notebooks) is gone.
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_autosave_benchmark_runs_and_keeps_one_section(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# lmchat benchmarks\n\nother figures\n")
+    command = [sys.executable, "-m", "benchmarks.autosave_bench", "--model", "llama-3.2-1b-kv-twin"]
+    command += ["--lengths", "400", "--turns", "2", "--gen-tokens", "8", "--reps", "1", "--write", str(results)]
+    for _ in range(2):  # a second run replaces the section
+        proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    text = results.read_text()
+    assert text.startswith("# lmchat benchmarks\n\nother figures\n")
+    assert text.count("## Autosave proportional to the turn") == 1
+    (run,) = json.loads((tmp_path / "autosave.json").read_text())
+    assert [turn["appended"] for turn in run["turns"]] == [True, True]  # each turn's save is a record
+    assert all(0.9 < turn["bytes_ratio"] < 1.2 for turn in run["turns"]), run["turns"]
+    assert "base + 2 records" in run["restore"]["note"]
