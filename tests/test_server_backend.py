@@ -145,6 +145,20 @@ def test_conversations_taking_turns_on_one_slot_never_see_each_other(one_slot: L
         assert own in saved and other not in saved
 
 
+def test_a_fork_starts_from_its_origin_s_slot_file(one_slot: LlamaServer) -> None:
+    model = _server_model(one_slot.url)
+    origin = _chat(model, "PAPAYA")
+    origin.save()  # the origin's slot file: the fork's state names it
+    fork = origin.fork()
+    _chat(model, "MANGO")  # another conversation takes the one slot
+    fork.submit("Say the code word again.")
+    assert _timings(model)["prompt_n"] < 40, _timings(model)
+    fork.save()  # from now on the fork saves to a file of its own
+    client = LlamaServerClient(one_slot.url)
+    own = slot_file_tokens(one_slot.slot_dir / slot_file_name(fork.history.conversation_id, one_slot.url))
+    assert "PAPAYA" in client.detokenize(own) and len(own) > len(origin.cache.tokens)
+
+
 def test_a_server_lost_mid_answer_leaves_the_history_and_the_next_turn_goes_on(one_slot: LlamaServer) -> None:
     conv = _chat(_server_model(one_slot.url), "PAPAYA")
     before = [m.to_json() for m in conv.history]
