@@ -22,7 +22,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,23 +29,19 @@ from typing import Any
 from . import interrupts
 from .backend import ServerReport
 from .chat_jinja import render_chat
-from .errors import LmchatError, ServerAuthError, ServerError, ServerUnreachableError, SlotStorageError
-from .llama_server_client import SLOT_FILE_NAME, LlamaServerClient, ServerProps, SlotInfo
+from .errors import LmchatError, ServerError, SlotStorageError
+from .llama_server_client import SLOT_FILE_NAME, LlamaServerClient, ServerProps
 from .results import GenerationOptions
-from .server_slots import SlotClaim, choose_slot, slot_file_name
+from .server_slots import SlotClaim, choose_slot, idle_slots, slot_file_name
 from .server_stream import END, TokenStream
 
-__all__ = ["LlamaServerBackend", "STATE_BYTES", "SLOT_WAIT_SECONDS"]
+__all__ = ["LlamaServerBackend", "STATE_BYTES"]
 
 log = logging.getLogger("lmchat")
 
 #: The size of an exported state: a JSON descriptor padded with spaces (the KV bytes stay on the server).
 STATE_BYTES = 1024
 STATE_FORMAT = 1
-#: How long a turn waits for a slot while every slot is busy, before it queues behind one.
-SLOT_WAIT_SECONDS = 60.0
-# A slot that has just finished an answer: its conversation saves it in this time.
-_SAVE_GRACE_SECONDS = 0.5
 
 
 @dataclass
@@ -324,7 +319,7 @@ class LlamaServerBackend:
 
     def _take_slot(self, label: str | None) -> int:
         """A slot for the next answer, with the conversation's slot file restored into it where needed."""
-        slots = self._free_slots()
+        slots = idle_slots(self.client)
         claim = self._claims.get(label) if label is not None else None
         key = label or "-"
         fallback = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % max(1, self.props.total_slots)
@@ -341,26 +336,6 @@ class LlamaServerBackend:
         except ServerError as exc:
             self._tell(f"the saved slot was not restored in time ({exc}); the server reads the conversation again")
         return slot
-
-    def _free_slots(self) -> list[SlotInfo]:
-        """The server's slots, once one is idle (or after :data:`SLOT_WAIT_SECONDS`); [] without /slots."""
-        try:
-            slots = self.client.slots()
-            # Every slot busy: wait for one to free rather than queue behind another conversation's answer
-            # (which would take the slot from under that conversation's save).
-            deadline = time.monotonic() + SLOT_WAIT_SECONDS
-            waited = False
-            while slots and all(s.is_processing for s in slots) and time.monotonic() < deadline:
-                time.sleep(0.1)
-                slots, waited = self.client.slots(), True
-            if waited:
-                time.sleep(_SAVE_GRACE_SECONDS)
-                slots = self.client.slots()
-        except (ServerUnreachableError, ServerAuthError):
-            raise
-        except ServerError:
-            return []  # a server started with --no-slots: no way to know, so a file is restored every time
-        return slots
 
     def _save(self, label: str) -> None:
         """Save the slot of ``label``'s last answer to its slot file, if the slot still holds it."""

@@ -25,12 +25,11 @@ from .llama_server_client import LlamaServerClient
 from .openai_client import OpenAICompatibleClient
 from .results import GenerationOptions, TurnResult
 from .server_probe import ServerTier, probe_server
-from .server_slots import SlotClaim, choose_slot, slot_file_name
+from .server_slots import SlotClaim, choose_slot, idle_slots, slot_file_name
 
 __all__ = ["ServerChat", "RECORD_FORMAT"]
 
 RECORD_FORMAT = 1
-SLOT_WAIT_SECONDS = 60.0
 # The fingerprint fields a slot file depends on: the same model file and the same llama.cpp build.
 _SLOT_COMPAT = ("server", "model_path", "build_info")
 
@@ -171,21 +170,7 @@ class ServerChat:
     def _take_slot(self) -> int:
         """A slot for this turn, with this conversation's saved state restored into it where needed."""
         assert self._llama is not None
-        try:
-            slots = self._llama.slots()
-            # Every slot busy: wait for one to free rather than queue behind another conversation's answer
-            # (which would take the slot from under that conversation's save, or ours from under us).
-            deadline = time.monotonic() + SLOT_WAIT_SECONDS
-            waited = False
-            while slots and all(s.is_processing for s in slots) and time.monotonic() < deadline:
-                time.sleep(0.1)
-                slots, waited = self._llama.slots(), True
-            if waited:
-                # A slot that has just finished an answer: give its conversation a moment to save it.
-                time.sleep(0.5)
-                slots = self._llama.slots()
-        except ServerError:
-            slots = []  # a server started with --no-slots: no way to know, so restore every time
+        slots = idle_slots(self._llama)
         fallback = int(self.slot_file[7:15], 16) % max(1, self.tier.total_slots)
         slot, holds_it = choose_slot(slots, self._claim, fallback)
         if not holds_it and self.slot_saved:

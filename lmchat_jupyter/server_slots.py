@@ -18,16 +18,30 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .errors import ServerAuthError, ServerError, ServerUnreachableError
 from .fingerprint import cache_dir
-from .llama_server_client import SlotInfo
+from .llama_server_client import LlamaServerClient, SlotInfo
 
-__all__ = ["SlotClaim", "slot_file_name", "user_secret", "choose_slot", "SECRET_FILE"]
+__all__ = [
+    "SlotClaim",
+    "slot_file_name",
+    "user_secret",
+    "choose_slot",
+    "idle_slots",
+    "SECRET_FILE",
+    "SLOT_WAIT_SECONDS",
+]
 
 SECRET_FILE = "server-slot-secret"
 _SECRET_BYTES = 32
+#: How long a turn waits for a slot while every slot is busy, before it queues behind one.
+SLOT_WAIT_SECONDS = 60.0
+# A slot that has just finished an answer: its conversation saves it in this time.
+_SAVE_GRACE_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -85,3 +99,26 @@ def choose_slot(slots: Sequence[SlotInfo], claim: SlotClaim | None, fallback: in
     # Task ids only grow: the smallest last task is the slot used least recently; never-used slots come first.
     least_recent = min(idle or slots, key=lambda s: (s.last_task is not None, s.last_task or 0, s.id))
     return least_recent.id, False
+
+
+def idle_slots(client: LlamaServerClient) -> list[SlotInfo]:
+    """The server's slots once one of them is idle (or after :data:`SLOT_WAIT_SECONDS`); [] where the server
+    does not list them (started with --no-slots). Unreachable or a wrong key: the ServerError is raised."""
+    try:
+        slots = client.slots()
+        # Every slot busy: wait for one to free rather than queue behind another conversation's answer
+        # (which would take the slot from under that conversation's save, or ours from under us).
+        deadline = time.monotonic() + SLOT_WAIT_SECONDS
+        waited = False
+        while slots and all(s.is_processing for s in slots) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            slots, waited = client.slots(), True
+        if waited:
+            # A slot that has just finished an answer: give its conversation a moment to save it.
+            time.sleep(_SAVE_GRACE_SECONDS)
+            slots = client.slots()
+    except (ServerUnreachableError, ServerAuthError):
+        raise
+    except ServerError:
+        return []
+    return slots
