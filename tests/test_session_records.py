@@ -295,3 +295,22 @@ def test_a_kill_during_an_append_restores_the_turn_before(model: Model, tmp_path
         assert restored.restored_from is not None and "ignored" in restored.restored_from
         assert [m.content for m in restored.history] == [m.content for m in expected.history]
         assert restored.cache.tokens == expected.cache.tokens
+
+
+def test_two_conversations_taking_turns_on_one_model_each_append_to_their_file(model: Model, tmp_path: Path) -> None:
+    """Parking (another conversation takes the model between turns) keeps what a file holds appendable."""
+    paths = [tmp_path / "a.lmsession", tmp_path / "b.lmsession"]
+    convs = [Conversation(model, system=LONG_SYSTEM), Conversation(model, system=SYSTEM + " Be brief.")]
+    kinds: list[list[bool]] = [[], []]
+    writes = [Writes(p) for p in paths]
+    for prompt in PROMPTS[:3]:
+        for conv in convs:
+            conv.submit(prompt, **GREEDY)
+        for i, conv in enumerate(convs):  # the first is parked when it saves: the second holds the model
+            conv.save(paths[i])
+            kinds[i].append(writes[i].after_save()[1])
+    assert kinds == [[False, True, True], [False, True, True]]
+    for conv, path in zip(convs, paths, strict=True):
+        restored = Conversation.restore(model, path)
+        assert restored.cache.tokens == conv.cache.tokens
+        assert _next(restored) == _next(conv)
