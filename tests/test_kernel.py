@@ -127,6 +127,12 @@ def test_a_session_in_blocks_is_saved_at_shutdown(notebook: Path) -> None:
         k.run(CHAT + long_prompt, cell_id="long")
         k.run("import lmchat_jupyter.kernel as _k\n_k.chats().store.flush()")
         k.run("__import__('lmchat_jupyter').current().history[-1].meta['note'] = 'kept'")
+        # Another file in its place (a copy): the save at shutdown writes the whole session (a record
+        # would need no block checksums), as a first save or a save after a rewind does.
+        session = sidecar(notebook) / "default.lmsession"
+        copy = session.with_name("copy")
+        copy.write_bytes(session.read_bytes())
+        copy.replace(session)
     finally:
         k.shutdown()
     blob = (sidecar(notebook) / "default.lmsession").read_bytes()
