@@ -14,8 +14,9 @@ topic only: the protocol, no kernel internals) and answers each ``idle`` with ``
 (the cell's ``execute_request`` as parent) or an answer is generated (the request that started it).
 When the last answer ends and no cell runs it publishes ``idle``; a ``busy`` of its own that arrives
 after its reason ended is followed by ``idle``. Its ``idle`` messages have no parent, so that no
-frontend takes one for the end of a request (a cell's, a comm message's) that may still be under way. A kernel without IOPub (a plain IPython shell, tests
-without a kernel) gets no keeper: :func:`generating` then does nothing.
+frontend takes one for the end of a request (a cell's, a comm message's) that may still be under
+way. A kernel without IOPub (a plain IPython shell, tests without a kernel) gets no keeper:
+:func:`generating` then does nothing.
 """
 
 from __future__ import annotations
@@ -182,6 +183,7 @@ def _iopub_address() -> str | None:
 
 
 _KEEPER: StatusKeeper | None = None
+_UNAVAILABLE = False  # this kernel's IOPub cannot be read (no connection file): do not look again
 _START_LOCK = threading.Lock()
 
 
@@ -205,10 +207,13 @@ def current_request() -> Header:
 
 
 def start() -> StatusKeeper | None:
-    """The kernel's keeper, started on first use; None outside a kernel with IOPub."""
-    global _KEEPER
+    """The kernel's keeper, started on first use; None outside a kernel with IOPub.
+
+    Called in a cell (``%load_ext``, a widget being made), the keeper knows that this cell runs.
+    """
+    global _KEEPER, _UNAVAILABLE
     with _START_LOCK:
-        if _KEEPER is not None:
+        if _KEEPER is not None or _UNAVAILABLE:
             return _KEEPER
         kernel = _kernel()
         if kernel is None:
@@ -217,8 +222,9 @@ def start() -> StatusKeeper | None:
             address = _iopub_address()
         except Exception:
             log.debug("lmchat: no connection file: the kernel's status stays as it is", exc_info=True)
-            return None
+            address = None
         if address is None:
+            _UNAVAILABLE = True
             return None
         keeper = StatusKeeper(kernel, address)
         # Started from a cell (``%load_ext``): that cell still runs, on the main thread.
@@ -229,6 +235,7 @@ def start() -> StatusKeeper | None:
 
 
 def stop() -> None:
+    """Stop the kernel's keeper (``%unload_ext``); the next :func:`start` makes a new one."""
     global _KEEPER
     with _START_LOCK:
         keeper, _KEEPER = _KEEPER, None
