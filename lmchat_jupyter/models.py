@@ -160,11 +160,11 @@ class Model:
         )
 
     def describe(self) -> str:
-        """``name (file.gguf, n_ctx=N)``."""
-        return f"{self.name} ({self.path.name}, n_ctx={self.n_ctx})"
+        """``SmolLM2-135M-Instruct.Q4_1 (n_ctx=N)``: the name people know the model by (:attr:`display_name`)."""
+        return f"{self.display_name} (n_ctx={self.n_ctx})"
 
     def describe_load(self) -> str:
-        """``Loaded name (file.gguf, n_ctx=N) in 0.6 s``: what loading it took."""
+        """``Loaded SmolLM2-135M-Instruct.Q4_1 (n_ctx=N) in 0.6 s``: what loading it took."""
         return f"Loaded {self.describe()} in {self.load_seconds:.1f} s"
 
 
@@ -241,7 +241,7 @@ def load_model(
     Loading the same file with the same settings again returns the already loaded model, unless
     ``reuse=False`` asks for a separate instance.
 
-    ``progress=True`` prints ``Loading file.gguf …`` and then ``Loaded name (file.gguf, n_ctx=N) in 0.6 s``
+    ``progress=True`` prints ``Loading file.gguf …`` and then ``Loaded SmolLM2-135M-Instruct.Q4_1 (n_ctx=N) in 0.6 s``
     (a Hub download shows huggingface_hub's own progress bar first); a callable receives those lines
     instead; an already loaded model is returned silently. llama.cpp's own log never reaches stderr:
     it goes to the ``lmchat_jupyter.llama`` logger.

@@ -141,7 +141,7 @@ def test_load_reports_its_time_and_llama_cpp_stays_quiet(
     assert err == ""
     lines = out.splitlines()
     assert lines[0] == f"Loading {gemma_file.name} …"
-    assert lines[1].startswith(f"Loaded {fresh.name} ({gemma_file.name}, n_ctx=256) in ")
+    assert lines[1].startswith(f"Loaded {gemma_file.stem} (n_ctx=256) in ")
     assert lines[1].endswith(" s") and lines[1] == fresh.describe_load()
     assert fresh.load_seconds > 0
     assert [r for r in caplog.records if r.name == "lmchat_jupyter.llama"]  # the warning went to the logger
@@ -371,7 +371,7 @@ def test_hf_spec_downloads_with_a_progress_bar_in_the_notebook(
     assert not [s for s in streams if s["name"] == "stderr"], streams  # llama.cpp stays quiet
     out = "".join(s["text"] for s in streams if s["name"] == "stdout").splitlines()
     assert out[0] == f"Loading {SMOL_FILE} …"
-    assert out[1].startswith("Loaded ") and f"({SMOL_FILE}, n_ctx=256) in " in out[1]
+    assert out[1].startswith("Loaded ") and f"{SMOL_FILE.removesuffix('.gguf')} (n_ctx=256) in " in out[1]
     snapshot = _snapshot(hub, SMOL_REPO, SMOL_FILE)
     assert out[2] == str(snapshot)  # in the standard cache under HF_HOME
     assert hashlib.sha256(snapshot.read_bytes()).hexdigest() == hub.server.repos[SMOL_REPO].files[SMOL_FILE].sha256
