@@ -12,7 +12,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -118,6 +120,19 @@ class LlamaServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def __enter__(self) -> LlamaServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def running_llama_server(slot_dir: Path, **settings: Any) -> Iterator[LlamaServer]:
+    """A started llama-server for a fixture (``yield from``), stopped afterwards; skips without a build."""
+    llama_server_binary()
+    with LlamaServer(slot_dir, **settings) as running:
+        yield running
 
 
 class OpenAIServer:

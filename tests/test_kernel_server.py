@@ -16,7 +16,7 @@ from lmchat_jupyter.llama_server_client import LlamaServerClient
 from lmchat_jupyter.model_specs import default_model_path
 
 from .kernel_driver import CellRun, KernelDriver, notebook_file
-from .servers import TEST_API_KEY, LlamaServer, llama_server_binary
+from .servers import TEST_API_KEY, LlamaServer, llama_server_binary, running_llama_server
 
 PROMPTS = {"c1": "My name is Ada.", "c2": "I like red apples."}
 
@@ -28,11 +28,7 @@ def notebook(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[LlamaServer]:
-    llama_server_binary()
-    running = LlamaServer(tmp_path / "slots", parallel=2, ctx_per_slot=2048)
-    running.start()
-    yield running
-    running.stop()
+    yield from running_llama_server(tmp_path / "slots", parallel=2, ctx_per_slot=2048)
 
 
 def chat(url: str, max_tokens: int = 12) -> str:

@@ -21,7 +21,14 @@ from lmchat_jupyter.server_backend import LlamaServerBackend
 from lmchat_jupyter.server_slots import slot_file_name
 from lmchat_jupyter.server_stream import END, TokenStream
 
-from .servers import TEST_API_KEY, LlamaServer, OpenAIServer, llama_server_binary, slot_file_tokens
+from .servers import (
+    TEST_API_KEY,
+    LlamaServer,
+    OpenAIServer,
+    llama_server_binary,
+    running_llama_server,
+    slot_file_tokens,
+)
 
 SHORT = GenerationOptions(temperature=0.0, seed=1, max_tokens=12)
 OPENING = "Remember this code word: {word}. Now tell me about the sea in one sentence."
@@ -29,20 +36,12 @@ OPENING = "Remember this code word: {word}. Now tell me about the sea in one sen
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    llama_server_binary()
-    running = LlamaServer(tmp_path_factory.mktemp("slots"), parallel=2, ctx_per_slot=2048)
-    running.start()
-    yield running
-    running.stop()
+    yield from running_llama_server(tmp_path_factory.mktemp("slots"), parallel=2, ctx_per_slot=2048)
 
 
 @pytest.fixture
 def one_slot(tmp_path: Path) -> Iterator[LlamaServer]:
-    llama_server_binary()
-    running = LlamaServer(tmp_path / "slots", parallel=1, ctx_per_slot=2048)
-    running.start()
-    yield running
-    running.stop()
+    yield from running_llama_server(tmp_path / "slots", parallel=1, ctx_per_slot=2048)
 
 
 def _server_model(url: str, **kwargs: Any) -> ServerModel:

@@ -17,7 +17,14 @@ from lmchat_jupyter.llama_server_client import LlamaServerClient
 from lmchat_jupyter.results import GenerationOptions
 from lmchat_jupyter.server_chat import ServerChat
 
-from .servers import TEST_API_KEY, LlamaServer, OpenAIServer, llama_server_binary, slot_file_tokens
+from .servers import (
+    TEST_API_KEY,
+    LlamaServer,
+    OpenAIServer,
+    llama_server_binary,
+    running_llama_server,
+    slot_file_tokens,
+)
 
 SHORT = GenerationOptions(temperature=0.0, seed=1, max_tokens=12)
 OPENING = "Remember this code word: {word}. Now tell me about the sea in one sentence."
@@ -25,20 +32,12 @@ OPENING = "Remember this code word: {word}. Now tell me about the sea in one sen
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
-    llama_server_binary()
-    running = LlamaServer(tmp_path_factory.mktemp("slots"), parallel=2, ctx_per_slot=2048)
-    running.start()
-    yield running
-    running.stop()
+    yield from running_llama_server(tmp_path_factory.mktemp("slots"), parallel=2, ctx_per_slot=2048)
 
 
 @pytest.fixture
 def fresh_server(tmp_path: Path) -> Iterator[LlamaServer]:
-    llama_server_binary()
-    running = LlamaServer(tmp_path / "slots", parallel=1, ctx_per_slot=2048)
-    running.start()
-    yield running
-    running.stop()
+    yield from running_llama_server(tmp_path / "slots", parallel=1, ctx_per_slot=2048)
 
 
 def _chat(url: str, word: str) -> ServerChat:
