@@ -77,3 +77,23 @@ def test_autosave_benchmark_runs_and_keeps_one_section(tmp_path: Path) -> None:
     assert [turn["appended"] for turn in run["turns"]] == [True, True]  # each turn's save is a record
     assert all(0.9 < turn["bytes_ratio"] < 1.2 for turn in run["turns"]), run["turns"]
     assert "base + 2 records" in run["restore"]["note"]
+
+
+def test_kernel_load_test_runs_on_a_real_server_and_writes_its_section(tmp_path: Path) -> None:
+    from .servers import llama_server_binary
+
+    llama_server_binary()  # built once per machine; skips where nothing can compile it
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# lmchat benchmarks\n\nother figures\n")
+    command = [sys.executable, "-m", "benchmarks.kernel_load", "--kernels", "2", "--slots", "2", "--rounds", "1"]
+    command += ["--filler", "2", "--max-tokens", "4", "--write", str(results), "--reports", str(tmp_path / "r.json")]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = results.read_text()
+    assert text.startswith("# lmchat benchmarks\n\nother figures\n")
+    assert "Conversations lost: 0. Problems" in text and "): none." in text
+    reports = json.loads((tmp_path / "r.json").read_text())
+    # 2 notebooks x (1 planting answer + 2 after the restart) x (slot files kept, removed)
+    assert len(reports) == 12 and all(r["error"] is None for r in reports)
+    assert [r["restored_whole"] for r in reports if r["kind"] == "resumed"] == [True] * 4
+    assert sorted({r["word"] for r in reports}) == ["MANGO", "PAPAYA"]
