@@ -329,6 +329,14 @@ class KVCache:
             raise
         return held
 
+    def empty(self) -> None:
+        """Hold nothing, the backend's sequence emptied (a loaded state whose bytes then failed their check)."""
+        self.backend.clear()
+        self._kept_only(0)
+        self.state = EngineState()
+        self.pending_check = None
+        self.logits_fresh = False
+
     def _import_delta(self, data: memoryview, tokens: list[int]) -> bool:
         backend = delta_states(self.backend)
         return backend is not None and len(data) > 0 and backend.import_delta(data, tokens)

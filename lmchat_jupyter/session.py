@@ -3,6 +3,10 @@
 Reading a session takes its base and then every whole record after it (:mod:`session_records`), in
 order: the KV states of the base and of each record's positions, the tokens and text they add, and
 the history each record changes. What the records make is checked as a base's contents are.
+
+The base's KV bytes, nearly all of a file, are checksummed on other threads while llama.cpp reads
+them (:func:`load_into` waits for the check before anything trusts the state; a failed check empties
+the cache and raises): a restore then takes about as long as llama.cpp's read alone.
 """
 
 from __future__ import annotations
@@ -74,26 +78,34 @@ class SavedSession:
     started: float
     deltas: list[tuple[int, int, memoryview]] = field(default_factory=list)
     ignored: str | None = None
+    #: The KV bytes' checksum, still running on other threads while they are loaded (None: checked).
+    kv_check: session_format.SectionCheck | None = None
     #: Where a save may append (a file whose base this user signed, read to its end); else None.
     point: session_save.SessionPoint | None = None
     records: list[session_records.ParsedRecord] = field(default_factory=list)
 
     def release(self) -> None:
+        if self.kv_check is not None:
+            self.kv_check.passed()  # its threads let go of the bytes before the map closes
         self.kv.release()
         for record in self.records:
             record.release()
 
 
 @contextlib.contextmanager
-def open_session(model: Model, source: str | os.PathLike[str] | bytes | bytearray) -> Iterator[SavedSession]:
+def open_session(
+    model: Model, source: str | os.PathLike[str] | bytes | bytearray, overlap: bool = True
+) -> Iterator[SavedSession]:
     """Read and check a session for ``model``; its KV bytes stay readable inside the ``with`` block.
 
     Raises :class:`SessionMismatchError` (carrying the history) for another model or settings,
     :class:`SessionCorruptError` for damaged data and :class:`SessionNotFoundError` for a missing file.
+    With ``overlap`` the base's KV checksum is still running when the block starts
+    (``SavedSession.kv_check``, which :func:`load_into` waits for); without it every byte is checked first.
     """
     start = time.perf_counter()
     if isinstance(source, (bytes, bytearray)):
-        saved = _parse(model, memoryview(source), "session bytes", start)
+        saved = _parse(model, memoryview(source), "session bytes", start, overlap)
         try:
             yield saved
         finally:
@@ -120,7 +132,7 @@ def open_session(model: Model, source: str | os.PathLike[str] | bytes | bytearra
     finally:
         os.close(fd)
     try:
-        saved = _parse(model, memoryview(mapped), str(path), start)
+        saved = _parse(model, memoryview(mapped), str(path), start, overlap)
         if saved.point is not None:
             saved.point.path = path
             saved.point.identity = session_save.identity_of(info)
@@ -137,9 +149,15 @@ def load_into(cache: KVCache, saved: SavedSession, verify: str, use_kv: bool, pr
     """Put a saved session's state into ``cache`` (active, model lock held); returns how it was restored.
 
     The KV bytes are used where the backend accepts them (checked at first use where ``verify`` asks);
-    otherwise the saved tokens are evaluated again: slower, same result.
+    otherwise the saved tokens are evaluated again: slower, same result. Raises
+    :class:`SessionCorruptError` (carrying the history), the cache emptied, when the KV bytes that
+    llama.cpp read while their checksum ran fail it.
     """
     taken = cache.load(saved.state, saved.kv, saved.deltas) if use_kv else 0
+    kv_check = saved.kv_check
+    if kv_check is not None and not kv_check.passed():
+        cache.empty()
+        raise _with_history(kv_check.failure, saved.history)
     loaded = taken > 0
     server = on_server(cache.backend)
     note = "full session"
@@ -172,11 +190,26 @@ def load_into(cache: KVCache, saved: SavedSession, verify: str, use_kv: bool, pr
     return f"{note} from {saved.source} in {time.perf_counter() - saved.started:.3f} s"
 
 
-def _parse(model: Model, view: memoryview, source: str, started: float) -> SavedSession:
+def _parse(model: Model, view: memoryview, source: str, started: float, overlap: bool) -> SavedSession:
     try:
-        parsed = session_format.parse(view, source)
+        parsed = session_format.parse(view, source, overlap="kv" if overlap else None)
     except SessionCorruptError as exc:
         raise _with_salvaged_history(exc, view) from None
+    try:
+        result = _parsed_session(model, view, parsed, source, started)
+    except BaseException as exc:
+        check = parsed.pending
+        if check is not None and not check.passed() and isinstance(exc, SessionMismatchError):
+            # Damage is reported before other settings, as when every byte was checked first.
+            raise _with_salvaged_history(check.failure, view) from None
+        raise
+    result.kv_check = parsed.pending
+    return result
+
+
+def _parsed_session(
+    model: Model, view: memoryview, parsed: session_format.ParsedSession, source: str, started: float
+) -> SavedSession:
     try:
         history = ChatHistory.from_bytes(parsed.sections["history"])
     except HistoryFormatError as exc:

@@ -13,6 +13,8 @@ magic). The header's ``size`` is then the length of this first part, the *base*.
 
 A section of 8 MiB or more carries the xxh3_64 of each 4 MiB block (``"xxh3": [...]`` with
 ``"block": 4194304``) instead of one digest, so that its blocks are checked on several cores.
+:func:`parse` can leave one section's checksum running on those threads (``overlap``): its
+:class:`SectionCheck` says later whether the bytes were intact, while the caller already uses them.
 
 The header also records the file's total length (``size``): a session is exactly what lmchat wrote,
 and bytes appended after its last section make it refused.
@@ -29,7 +31,7 @@ import os
 import struct
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,7 @@ __all__ = [
     "RECORD_MAGIC",
     "starts_record",
     "extent",
+    "SectionCheck",
 ]
 
 MAGIC = b"LMCHATS\x00"
@@ -103,6 +106,39 @@ def _block_digests(data: memoryview, block: int) -> list[str]:
     finally:
         for view in views:
             view.release()
+
+
+class SectionCheck:
+    """A section's checksum computed on the checksum threads while its bytes are used.
+
+    :meth:`passed` waits for it. Until then the section's bytes are unchecked: whoever reads them
+    must be able to take back what it did with them when the check fails.
+    """
+
+    def __init__(self, view: memoryview, digest: str | list[str], block: int | None, failure: SessionCorruptError):
+        self.failure = failure
+        self._expected = [digest] if isinstance(digest, str) else digest
+        step = block if block is not None else max(len(view), 1)
+        self._views = [view[i : i + step] for i in range(0, len(view), step)] if block is not None else [view[:]]
+        self._result: bool | None = None
+        try:
+            self._futures: list[Future[str]] | None = [_pool().submit(_digest, v) for v in self._views]
+        except RuntimeError:  # the interpreter is shutting down: checked at :meth:`passed`, on this thread
+            self._futures = None
+
+    def passed(self) -> bool:
+        """Whether the section's bytes match its checksum (waits for the threads); the views are then released."""
+        if self._result is None:
+            try:
+                if self._futures is None:
+                    actual = [_digest(v) for v in self._views]
+                else:
+                    actual = [f.result() for f in self._futures]
+            finally:
+                for view in self._views:
+                    view.release()
+            self._result = actual == self._expected
+        return self._result
 
 
 def _section_digest(data: bytes | bytearray | memoryview) -> tuple[str | list[str], int | None]:
@@ -169,13 +205,18 @@ class ParsedSession:
     end: int = 0
     version: int = FORMAT_VERSION
     chain: str = ""
+    #: The check still running on the section named by ``parse``'s ``overlap`` (None: all checked).
+    pending: SectionCheck | None = None
 
 
-def parse(buf: memoryview, source: str, magic: bytes = MAGIC) -> ParsedSession:
+def parse(buf: memoryview, source: str, magic: bytes = MAGIC, overlap: str | None = None) -> ParsedSession:
     """Check and split a session's base (or, with another ``magic``, one record at the start of ``buf``).
 
     Raises :class:`SessionCorruptError` saying what is wrong. In format 2 bytes may follow the base:
-    the caller reads them as records.
+    the caller reads them as records. ``overlap``: a section whose checksum is left running on the
+    checksum threads (``ParsedSession.pending``; everything else about it, its place and length, is
+    checked here); the caller must call its :meth:`SectionCheck.passed` before trusting what it did
+    with those bytes, even when this raises after starting it (it waits for the threads).
     """
 
     def corrupt(why: str) -> SessionCorruptError:
@@ -187,21 +228,30 @@ def parse(buf: memoryview, source: str, magic: bytes = MAGIC) -> ParsedSession:
     header, data_start, version = _checked_header(buf, corrupt, magic)
     sections: dict[str, memoryview] = {}
     offsets: dict[str, int] = {}
-    for entry in header["sections"]:
-        name, start, view = _checked_section(buf, entry, data_start, corrupt)
-        if name in sections:
-            raise corrupt(f"its section table names {name!r} twice")
-        sections[name] = view
-        offsets[name] = start
-    missing = [n for n in SECTION_NAMES if n not in sections]
-    if missing:
-        raise corrupt(f"it lacks the section(s) {', '.join(missing)}")
-    follows = "anything" if magic != MAGIC else "records" if version >= 2 else "nothing"
-    end = _check_length(header, data_start, buf, corrupt, follows)
+    pending: SectionCheck | None = None
+    try:
+        for entry in header["sections"]:
+            later = overlap is not None and pending is None and isinstance(entry, dict) and entry.get("name") == overlap
+            name, start, view, check = _checked_section(buf, entry, data_start, corrupt, later)
+            if check is not None:
+                pending = check
+            if name in sections:
+                raise corrupt(f"its section table names {name!r} twice")
+            sections[name] = view
+            offsets[name] = start
+        missing = [n for n in SECTION_NAMES if n not in sections]
+        if missing:
+            raise corrupt(f"it lacks the section(s) {', '.join(missing)}")
+        follows = "anything" if magic != MAGIC else "records" if version >= 2 else "nothing"
+        end = _check_length(header, data_start, buf, corrupt, follows)
+    except BaseException:
+        if pending is not None:
+            pending.passed()  # the threads let go of the buffer before it may be closed
+        raise
     lead = buf[:data_start]
     chain = lead_digest(lead)
     lead.release()
-    return ParsedSession(header, sections, offsets, end, version, chain)
+    return ParsedSession(header, sections, offsets, end, version, chain, pending)
 
 
 def _check_length(
@@ -299,9 +349,14 @@ def _checked_header(
 
 
 def _checked_section(
-    buf: memoryview, entry: object, data_start: int, corrupt: Callable[[str], SessionCorruptError]
-) -> tuple[str, int, memoryview]:
-    """One section table entry checked against the data: (name, absolute start, bytes)."""
+    buf: memoryview,
+    entry: object,
+    data_start: int,
+    corrupt: Callable[[str], SessionCorruptError],
+    later: bool = False,
+) -> tuple[str, int, memoryview, SectionCheck | None]:
+    """One section table entry checked against the data: (name, absolute start, bytes, None), or
+    with ``later`` its checksum left running: (..., the :class:`SectionCheck`)."""
     if not isinstance(entry, dict):
         raise corrupt("its section table is malformed")
     name, offset, length, digest, block = (entry.get(k) for k in ("name", "offset", "length", "xxh3", "block"))
@@ -313,11 +368,14 @@ def _checked_section(
     if offset < 0 or length < 0 or start + length > len(buf):
         raise corrupt(f"section {name!r} runs past the end of the data (truncated?)")
     view = buf[start : start + length]
+    failure = f"section {name!r} fails its checksum (damaged data)"
+    if later:
+        return str(name), start, view, SectionCheck(view, digest, block, corrupt(failure))  # type: ignore[arg-type]
     actual = _digest(view) if isinstance(digest, str) else _block_digests(view, block)  # type: ignore[arg-type]
     if actual != digest:
         view.release()
-        raise corrupt(f"section {name!r} fails its checksum (damaged data)")
-    return str(name), start, view
+        raise corrupt(failure)
+    return str(name), start, view, None
 
 
 def _digest_shape(digest: object, block: object, length: int) -> bool:
