@@ -1,4 +1,4 @@
-"""Peak memory of restore and save, run in its own process: ``python -m benchmarks.memory_probe``.
+"""Peak memory of restore, whole save and a turn's append, run in its own process: ``python -m benchmarks.memory_probe``.
 
 The peak resident set (VmHWM) is reset to the current one (``/proc/self/clear_refs``) just before
 each operation, so the peak minus the resident set at that moment is what the operation added on
@@ -35,7 +35,7 @@ def _reset_peak() -> None:
 def measure(spec: str | None, n_ctx: int, sessions: list[Path], scratch: Path) -> dict[str, Any]:
     from lmchat_jupyter import Conversation, load_model
 
-    from .workload import release
+    from .workload import NEXT_PROMPT, release
 
     model = load_model(spec, n_ctx=n_ctx)
     model.sha256  # noqa: B018  hashed before measuring, as a kernel has it from its first restore
@@ -44,6 +44,8 @@ def measure(spec: str | None, n_ctx: int, sessions: list[Path], scratch: Path) -
     # and llama.cpp touches its compute buffers once; neither grows with the state.
     warm = Conversation.restore(model, sessions[0])
     warm.save(scratch)
+    warm.submit(NEXT_PROMPT, temperature=0.0, max_tokens=1)
+    warm.save(scratch)  # a record appended
     scratch.unlink()
     del warm
     rows = []
@@ -58,6 +60,14 @@ def measure(spec: str | None, n_ctx: int, sessions: list[Path], scratch: Path) -
         before = _status("VmRSS")
         conv.save(scratch)
         save_extra = _status("VmHWM") - before
+        # A turn, then its autosave: a record appended to the file just written.
+        conv.submit(NEXT_PROMPT, temperature=0.0, max_tokens=1)
+        size = scratch.stat().st_size
+        _reset_peak()
+        before = _status("VmRSS")
+        conv.save(scratch)
+        append_extra = _status("VmHWM") - before
+        record = scratch.stat().st_size - size
         scratch.unlink()
         rows.append(
             {
@@ -66,8 +76,11 @@ def measure(spec: str | None, n_ctx: int, sessions: list[Path], scratch: Path) -
                 "state_bytes": state,
                 "restore_extra_bytes": restore_extra,
                 "save_extra_bytes": save_extra,
+                "append_extra_bytes": append_extra,
+                "record_bytes": record,
                 "restore_ratio": restore_extra / state,
                 "save_ratio": save_extra / state,
+                "append_ratio": append_extra / state,
             }
         )
         del conv

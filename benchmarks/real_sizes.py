@@ -97,7 +97,7 @@ def measure_length(model: Model, n_tokens: int, reps: int, folder: Path) -> dict
         checked_first_s.append(_timed(lambda: _restore(model, path, False), model))
         floor_s.append(_timed(lambda: floor_restore(model.llm, raw), model))
     resume_s, live_s = [], []
-    for _ in range(max(2, reps // 2)):
+    for _ in range(reps):
         release(model)
         start = time.perf_counter()
         resumed = Conversation.restore(model, path)

@@ -97,3 +97,21 @@ def test_kernel_load_test_runs_on_a_real_server_and_writes_its_section(tmp_path:
     assert len(reports) == 12 and all(r["error"] is None for r in reports)
     assert [r["restored_whole"] for r in reports if r["kind"] == "resumed"] == [True] * 4
     assert sorted({r["word"] for r in reports}) == ["MANGO", "PAPAYA"]
+
+
+def test_real_sizes_benchmark_writes_its_section_numbers_and_plot(tmp_path: Path) -> None:
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# lmchat benchmarks\n\nother figures\n")
+    command = [sys.executable, "-m", "benchmarks.real_sizes", "--models", "llama-3.2-1b-kv-twin", "--lengths", "400"]
+    command += ["--reps", "1", "--write", "--out", str(tmp_path)]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = results.read_text()
+    assert text.startswith("# lmchat benchmarks\n\nother figures\n")
+    assert text.count("## Restore, resume and autosave at real sizes") == 1
+    (model,) = json.loads((tmp_path / "real_sizes.json").read_text())["models"]
+    (row,) = model["lengths"]
+    assert 0 < row["record_bytes"] < row["file_bytes"] / 4  # the resumed turn's autosave is a record
+    assert row["restore"] > 0 and row["resume"] > row["restore"] and row["live"] > 0
+    assert (tmp_path / "cost.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["RESULTS.md", "cost.png", "real_sizes.json"]
