@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -185,11 +186,74 @@ def section(result: dict[str, Any]) -> str:
                 f"| {r['resume_vs_live']:.2f}× ({met_resume}) | {r['save']:.2f} s "
                 f"| {r['record_bytes'] / 1e6:.2f} MB in {r['append'] * 1e3:.0f} ms |"
             )
-    lines += [
+    lines += ["", *_memory_lines(result.get("memory")), *_where_the_time_goes(result)]
+    return "\n".join(lines)
+
+
+def _memory_lines(probe: dict[str, Any] | None) -> list[str]:
+    """The memory probe's rows (``python -m benchmarks.memory_probe``), where a run was given one."""
+    if not probe:
+        return []
+    lines = [
+        f"Peak memory above the loaded model ({probe['label']}, `benchmarks.memory_probe` in a process of its "
+        "own; target ≤ 1.1× the state):",
+        "",
+        "| History (tokens) | KV state | Restore | Whole save | A turn's autosave (record appended) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for row in probe["rows"]:
+        restore, save = _against(row["restore_ratio"], 1.1), _against(row["save_ratio"], 1.1)
+        lines.append(
+            f"| {row['tokens']:,} | {row['state_bytes'] / 2**30:.2f} GiB | {restore} | {save} "
+            f"| {row['append_ratio']:.4f}× ({row['append_extra_bytes'] / 1e6:.1f} MB for a "
+            f"{row['record_bytes'] / 1e6:.1f} MB record) |"
+        )
+    return [
+        *lines,
+        "",
+        "A restore maps the file and llama.cpp copies from the map: the extra memory is the file's pages "
+        "while they are read (they leave with the map). A whole save copies the state once, straight into the "
+        "buffer that is written. A record holds only the new positions' state, copied from the scratch sequence.",
+        "",
+    ]
+
+
+def _against(ratio: float, target: float) -> str:
+    return f"{ratio:.3f}× ({'met' if ratio <= target else 'missed'})"
+
+
+def _where_the_time_goes(result: dict[str, Any]) -> list[str]:
+    rows = [(m["label"], r) for m in result["models"] for r in m["lengths"]]
+    worst_restore = max(rows, key=lambda lr: lr[1]["restore_vs_floor"])
+    worst_resume = max(rows, key=lambda lr: lr[1]["resume_vs_live"])
+    gains = [r["restore_checked_first"] / r["restore"] for _, r in rows]
+    return [
+        "Where the time goes. **Restore**: the floor is llama.cpp copying the state out of the mapped file. "
+        "Beyond it a restore checksums every byte (xxh3 per 4 MiB block, the header's HMAC and digest, the "
+        "history parsed, tokens and fingerprint checked); those checks other than the KV bytes' take well under "
+        "a millisecond. The KV checksum now runs on the checksum threads while llama.cpp reads the same bytes "
+        "(a failed check empties the cache and raises, the history kept), instead of before it: across this "
+        f"run the restore that checks every byte first took a median {statistics.median(gains):.2f}× the "
+        "overlapped one's time "
+        f"(worst: {worst_restore[1]['restore_vs_floor']:.2f}× for {worst_restore[0]} at "
+        f"{worst_restore[1]['tokens']:,} tokens). Overlapping needs an idle core: on this machine the other users "
+        "keep both cores busy, so the checksum's CPU time (about one read of the state) adds to llama.cpp's "
+        "copy rather than hiding behind it; on an idle machine with more cores it runs beside the copy. "
+        "Restores of a few milliseconds (512 tokens) are within the scheduler's noise on a loaded machine. "
+        "**Resume vs live**: both evaluate the same next message against the same context and decode its first "
+        "token; a resume adds the restore alone (no re-evaluation: the saved state includes everything the live "
+        "conversation held), so the ratio is 1 + restore / time to first token, and noise between the two halves "
+        f"of a pair (worst: {worst_resume[1]['resume_vs_live']:.2f}× for {worst_resume[0]} at "
+        f"{worst_resume[1]['tokens']:,} tokens). The twins' random weights do not change what is timed (the same "
+        "tokens evaluated over a KV cache of the real model's shape), but their tiny widths make the next "
+        "message's evaluation far cheaper than the real model's, so their ratio is an upper bound for the real "
+        "model. In a notebook the restart's restore happens when `%load_ext lmchat` runs, before the next "
+        "`%%chat` cell, which then starts from a live conversation; the ratio here is `Conversation.restore` "
+        "followed at once by the message. **Save**: a whole save copies the state out of llama.cpp, checksums it, writes and fsyncs it; "
+        "a turn's autosave appends a record of the new positions alone (the last column), whatever the length.",
         "",
         "Ratios are medians of interleaved pairs within this run; absolute times move with the machine's load.",
     ]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -199,11 +263,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--write", action="store_true", help="write the section and the plot into kv-twins/")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--memory", type=Path, help="a memory probe's JSON to add to the section (with its model)")
+    parser.add_argument("--render", type=Path, help="write the section and plot of a saved run, measuring nothing")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        result = json.loads(args.render.read_text())
+        if args.memory is not None:
+            result["memory"] = json.loads(args.memory.read_text())
+        _write(args.out, result)
+        print(section(result))
+        return
     lengths = [int(n) for n in args.lengths.split(",")]
     started = time.time()
     result: dict[str, Any] = {
-        "command": "python -m benchmarks.real_sizes " + " ".join(argv if argv is not None else []),
+        "command": " ".join(["python -m benchmarks.real_sizes", *(sys.argv[1:] if argv is None else argv)]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "cores": len(os.sched_getaffinity(0)),
         "load_start": _load_average(),
@@ -217,14 +290,20 @@ def main(argv: list[str] | None = None) -> None:
             del model
     result["seconds"] = time.time() - started
     result["load_end"] = _load_average()
+    if args.memory is not None:
+        result["memory"] = json.loads(args.memory.read_text())
     text = section(result)
     print(text)
     print(json.dumps(result))
     if args.write:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "real_sizes.json").write_text(json.dumps(result, indent=1) + "\n")
-        write_block(args.out / "RESULTS.md", "real-sizes", text)
-        write_size_plot(args.out / "cost.png", result)
+        _write(args.out, result)
+
+
+def _write(out: Path, result: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "real_sizes.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_block(out / "RESULTS.md", "real-sizes", section(result))
+    write_size_plot(out / "cost.png", result)
 
 
 if __name__ == "__main__":
