@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import hmac
 import os
+import random
 import secrets
 import time
 from collections.abc import Sequence
@@ -110,13 +111,19 @@ def idle_slots(client: LlamaServerClient) -> list[SlotInfo]:
         # (which would take the slot from under that conversation's save, or ours from under us).
         deadline = time.monotonic() + SLOT_WAIT_SECONDS
         waited = False
-        while slots and all(s.is_processing for s in slots) and time.monotonic() < deadline:
+        while slots and time.monotonic() < deadline:
+            if any(not s.is_processing for s in slots):
+                if not waited:
+                    break
+                # A slot that has just finished an answer: give its conversation a moment to save it. Other
+                # kernels waiting saw it free at the same moment: each waits a different time, and one that
+                # finds it taken again waits on instead of queueing behind that answer.
+                time.sleep(_SAVE_GRACE_SECONDS * (1 + random.random()))
+                slots = client.slots()
+                if any(not s.is_processing for s in slots):
+                    break
             time.sleep(0.1)
             slots, waited = client.slots(), True
-        if waited:
-            # A slot that has just finished an answer: give its conversation a moment to save it.
-            time.sleep(_SAVE_GRACE_SECONDS)
-            slots = client.slots()
     except (ServerUnreachableError, ServerAuthError):
         raise
     except ServerError:

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from lmchat_jupyter.fingerprint import cache_dir
-from lmchat_jupyter.llama_server_client import SLOT_FILE_NAME, SlotInfo
-from lmchat_jupyter.server_slots import SECRET_FILE, SlotClaim, choose_slot, slot_file_name, user_secret
+from lmchat_jupyter.llama_server_client import SLOT_FILE_NAME, LlamaServerClient, SlotInfo
+from lmchat_jupyter.server_slots import SECRET_FILE, SlotClaim, choose_slot, idle_slots, slot_file_name, user_secret
+
+from .servers import LlamaServer, running_llama_server
 
 URL = "http://127.0.0.1:8080"
 
@@ -65,3 +73,41 @@ def test_never_used_slots_come_first_and_busy_slots_last() -> None:
 
 def test_without_slot_information_the_fallback_slot_is_restored() -> None:
     assert choose_slot([], SlotClaim(1, 4), fallback=1) == (1, False)
+
+
+@pytest.fixture
+def one_slot(tmp_path: Path) -> Iterator[LlamaServer]:
+    yield from running_llama_server(tmp_path / "slots", parallel=1, ctx_per_slot=1024)
+
+
+def test_a_freed_slot_taken_again_during_the_grace_is_waited_for_not_queued_behind(one_slot: LlamaServer) -> None:
+    """Several kernels waiting for a slot see it free at the same moment; the one that comes second must wait
+    for another free slot rather than take the busy one (queued behind an answer, its restore overwritten)."""
+    client = LlamaServerClient(one_slot.url)
+    tokens = client.tokenize("Tell me a long story about the sea.")
+
+    def answer() -> None:  # another kernel's answer: long enough to outlast the grace
+        body = {"prompt": tokens, "id_slot": 0, "n_predict": 160, "ignore_eos": True, "cache_prompt": True}
+        request = urllib.request.Request(one_slot.url + "/completion", data=json.dumps(body).encode())
+        urllib.request.urlopen(request, timeout=120).read()
+
+    def busy(want: bool) -> None:
+        deadline = time.monotonic() + 60
+        while client.slots()[0].is_processing != want and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def second_waiter() -> None:  # sees the slot free a little later than we do, and takes it
+        busy(True)
+        busy(False)
+        time.sleep(0.25)
+        answer()
+
+    first = threading.Thread(target=answer)
+    other = threading.Thread(target=second_waiter)
+    first.start()
+    other.start()
+    busy(True)
+    slots = idle_slots(client)
+    assert any(not s.is_processing for s in slots), slots
+    first.join()
+    other.join()
