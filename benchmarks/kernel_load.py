@@ -73,7 +73,7 @@ def conversation(
     conversation_id = None
     for round_no in range(rounds + 1):
         started = time.perf_counter()
-        kernel = KernelDriver(notebook, folder)
+        kernel = KernelDriver(notebook, folder, ipc=folder / "kernel")
         try:
             loaded = kernel.run("%load_ext lmchat")
             restart_s = time.perf_counter() - started
@@ -106,7 +106,7 @@ def conversation(
                         "expected_users": users,
                         "own_word": word in next((text for role, text in state["messages"] if role == "user"), ""),
                         "other_words": [w for w in others if w in history],
-                        "named_word": kind == "resumed" and word.lower() in state["messages"][-1][1].lower(),
+                        "named_word": kind == "resumed" and word.lower() in history.split(ASK)[-1].lower(),
                         "held_before": held_before,
                         "server_held_before": server_held,
                         "ttft": ttft,

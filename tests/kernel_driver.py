@@ -42,12 +42,19 @@ def notebook_file(folder: Path, name: str, metadata: dict[str, Any] | None = Non
 class KernelDriver:
     """A kernel started in the notebook's folder with JPY_SESSION_NAME set, as jupyter_server does."""
 
-    def __init__(self, notebook: Path | None, cwd: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, notebook: Path | None, cwd: Path, extra_env: dict[str, str] | None = None, ipc: Path | None = None
+    ) -> None:
+        """``ipc``: talk over Unix sockets named from this path instead of TCP ports (kernels started at once
+        in several processes can otherwise pick the same free port)."""
         env = {k: v for k, v in os.environ.items() if k != "JPY_SESSION_NAME"}
         if notebook is not None:
             env["JPY_SESSION_NAME"] = str(notebook)
         env.update(extra_env or {})
-        self.km = KernelManager(kernel_name="python3")
+        if ipc is None:
+            self.km = KernelManager(kernel_name="python3")
+        else:
+            self.km = KernelManager(kernel_name="python3", transport="ipc", ip=str(ipc))
         self.km.start_kernel(cwd=str(cwd), env=env)
         self.kc = self.km.client()
         self.kc.start_channels()
