@@ -118,6 +118,10 @@ def conversation(
                 )
                 # The slot holds the prompt and the answer but the answer's last token (sampled, never evaluated).
                 server_held = cached + prompt_tokens + generated - 1
+            # The slot file the conversation's saved state names now (None: its last save found the slot taken).
+            named = kernel.value(
+                f"__import__('lmchat_jupyter').current().model.backend._files.get({conversation_id!r})"
+            )
         finally:
             kernel.shutdown()
         if not restore and conversation_id is not None:
@@ -125,6 +129,7 @@ def conversation(
             (slot_dir / slot_file_name(conversation_id, url)).unlink(missing_ok=True)
     if reports:
         reports[-1]["conversation_id"] = conversation_id
+        reports[-1]["slot_file"] = named[0] if named else None
     return reports
 
 
@@ -165,13 +170,16 @@ def check(reports: list[dict[str, Any]]) -> list[str]:
 
 
 def check_slot_files(url: str, slot_dir: Path, reports: list[dict[str, Any]]) -> tuple[int, list[str]]:
-    """Restore each conversation's slot file on the server: it holds its own code word and no other one."""
+    """Restore the slot file each conversation names on the server: it holds its own code word and no other one.
+
+    A file that a save overwrote after the slot had changed hands is no longer named (the conversation forgot
+    it) and is never restored: it is not checked."""
     client, problems, checked = LlamaServerClient(url), [], 0
     for r in reports:
         if "conversation_id" not in r:
             continue
-        name = slot_file_name(r["conversation_id"], url)
-        if not (slot_dir / name).exists():
+        name = r["slot_file"]
+        if name is None:
             continue  # its last save found the slot taken: the next restart reads the history
         n_restored = client.restore_slot(0, name).n_tokens
         text = client.detokenize(slot_file_tokens(slot_dir / name))
