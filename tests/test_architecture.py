@@ -49,6 +49,7 @@ ENGINE = {
     "server_stream",
     "session",
     "session_format",
+    "section_checks",
     "session_records",
     "session_save",
     "signing",

@@ -244,7 +244,7 @@ def test_a_restored_state_is_checked_by_its_first_evaluation(
 def test_large_sections_are_checked_block_by_block() -> None:
     """A section of 8 MiB or more carries one checksum per 4 MiB block, checked on several cores:
     damage in any block, and a block table that does not fit the section, are caught."""
-    from lmchat_jupyter import session_format
+    from lmchat_jupyter import section_checks, session_format
 
     rng = np.random.default_rng(7)
     kv = rng.integers(0, 256, 9 * 1024 * 1024 + 123, dtype=np.uint8).tobytes()
@@ -252,7 +252,7 @@ def test_large_sections_are_checked_block_by_block() -> None:
     blob = b"".join(bytes(c) for c in session_format.build({"n_tokens": 0}, sections))
     parsed = session_format.parse(memoryview(blob), "blocks")
     (entry,) = [e for e in parsed.header["sections"] if e["name"] == "kv"]
-    assert entry["block"] == session_format.BLOCK and len(entry["xxh3"]) == 3
+    assert entry["block"] == section_checks.BLOCK and len(entry["xxh3"]) == 3
     assert bytes(parsed.sections["kv"]) == kv
     for section in parsed.sections.values():
         section.release()
