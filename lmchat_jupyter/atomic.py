@@ -43,12 +43,7 @@ def atomic_write_stat(path: Path, chunks: Iterable[bytes | bytearray | memoryvie
     try:
         fd = create_new(tmp)
         try:
-            for chunk in chunks:
-                view = memoryview(chunk).cast("B")
-                while view:
-                    n = os.write(fd, view)
-                    written += n
-                    view = view[n:]
+            written = _write_all(fd, chunks)
             os.fsync(fd)
             info = os.fstat(fd)
         finally:
@@ -83,13 +78,7 @@ def append_whole(
         if (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns) != expected or info.st_nlink != 1:
             return None
         ours = True
-        written = 0
-        for chunk in chunks:
-            view = memoryview(chunk).cast("B")
-            while view:
-                n = os.write(fd, view)
-                written += n
-                view = view[n:]
+        written = _write_all(fd, chunks)
         if written:
             os.fsync(fd)
         return os.fstat(fd)
@@ -113,3 +102,15 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _write_all(fd: int, chunks: Iterable[bytes | bytearray | memoryview]) -> int:
+    """Write every chunk in order at ``fd``'s position (``os.write`` may take less than asked); the bytes written."""
+    written = 0
+    for chunk in chunks:
+        view = memoryview(chunk).cast("B")
+        while view:
+            n = os.write(fd, view)
+            written += n
+            view = view[n:]
+    return written
