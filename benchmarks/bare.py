@@ -8,7 +8,7 @@ from typing import Any
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from lmchat_jupyter import Model
-from lmchat_jupyter.rendering import ChatRenderer
+from lmchat_jupyter.engine.rendering import ChatRenderer
 
 from .workload import release
 

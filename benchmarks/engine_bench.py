@@ -15,7 +15,8 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from lmchat_jupyter import AutoSave, ChatHistory, Conversation, ConversationEvent, Model, load_model, session_format
+from lmchat_jupyter import AutoSave, ChatHistory, Conversation, ConversationEvent, Model, load_model
+from lmchat_jupyter.engine.session import container as session_format
 
 from .bare import bare_chat_completion
 from .floors import floor_restore, floor_write, write_raw_state

@@ -11,7 +11,7 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
-from lmchat_jupyter.llama_local import SEQ, LlamaBackend
+from lmchat_jupyter.backends.local.llama import SEQ, LlamaBackend
 
 __all__ = ["write_raw_state", "floor_restore", "floor_write"]
 

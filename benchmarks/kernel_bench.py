@@ -36,7 +36,7 @@ CHAT_PROMPTS = [
 
 def available() -> bool:
     """Whether this lmchat has the ``%%chat`` magic."""
-    return (ROOT / "lmchat_jupyter" / "magics.py").is_file()
+    return any((ROOT / "lmchat_jupyter" / path).is_file() for path in ("ui/magics.py", "magics.py"))
 
 
 def _env(notebook: Path) -> dict[str, str]:
@@ -109,7 +109,7 @@ def _generation(cfg: Config, folder: Path, log: Any) -> dict[str, Any]:
     try:
         kernel.run("%load_ext lmchat")
         cell = f"%%chat --temperature 0 --max-tokens {cfg.gen_tokens}\n{GEN_PROMPT}"
-        flush = "import lmchat_jupyter.kernel as _k\n_k.chats().store.flush()"
+        flush = "import lmchat_jupyter.notebook.kernel as _k\n_k.chats().store.flush()"
         for _ in range(max(1, cfg.gen_reps)):
             kernel.run("%chat clear")
             kernel.run(flush)

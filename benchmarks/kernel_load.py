@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lmchat_jupyter.llama_server_client import LlamaServerClient
-from lmchat_jupyter.server_slots import slot_file_name
+from lmchat_jupyter.backends.server.llama_client import LlamaServerClient
+from lmchat_jupyter.backends.server.slots import slot_file_name
 from tests.kernel_driver import KernelDriver, notebook_file
 from tests.servers import LlamaServer, llama_server_binary, slot_file_tokens
 
@@ -120,7 +120,7 @@ def conversation(
                 server_held = cached + prompt_tokens + generated - 1
             # The slot file the conversation's saved state names now (None: its last save found the slot taken).
             named = kernel.value(
-                f"__import__('lmchat_jupyter').current().model.backend._files.get({conversation_id!r})"
+                f"__import__('lmchat_jupyter').current().model.backend.slot_keeper.slot_file({conversation_id!r})"
             )
         finally:
             kernel.shutdown()

@@ -15,8 +15,8 @@ import struct
 import numpy as np
 
 from lmchat_jupyter import ChatHistory, Conversation, Model
-from lmchat_jupyter.kvcache import EngineState
-from lmchat_jupyter.rendering import ChatRenderer
+from lmchat_jupyter.engine.kvcache import EngineState
+from lmchat_jupyter.engine.rendering import ChatRenderer
 
 __all__ = ["tiled_state", "conversation_at", "SEED_TOKENS"]
 

@@ -32,7 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lmchat_jupyter import Conversation, Model, load_model, session
+from lmchat_jupyter import Conversation, Model, load_model
+from lmchat_jupyter.engine.session import reader as session
 
 from .cost_plot import write_size_plot
 from .floors import floor_restore, write_raw_state

@@ -3,13 +3,15 @@
 .venv/bin/python -m benchmarks.server_load                     # 8 conversations, 4 slots, 4 rounds
 .venv/bin/python -m benchmarks.server_load --conversations 3 --slots 2 --rounds 2 --no-write
 
-Each conversation is a chain of processes (a kernel and its restarts): every process resumes the conversation
-from the record the previous one left (as a sidecar would hold it), answers one turn, writes the record and
-exits; all conversations run at once. Each conversation has a code word in its first message only. Checked
-for every turn: whether the server reused all of the conversation's own tokens from before the turn (its cache held
+Each conversation is a chain of processes (a kernel and its restarts), each a ``Conversation`` on
+``load_model(URL)`` as ``%%chat --model http://…`` runs it: every process restores the conversation from the
+session file the previous one saved (as a sidecar holds it), answers one turn, saves the session and exits;
+all conversations run at once. Each conversation has a code word in its first message only. Checked for every
+turn: whether the server reused all of the conversation's own tokens from before the turn (its cache held
 exactly this conversation's prefix, so no other's text) is counted; the history grew by one turn, nothing was
-lost; and after the run, each slot file restores and holds its own code word and no other. Reported:
-p50/p95 time to first token of resumed turns with slot restore, and with restore turned off (history re-read).
+lost; and after the run, the slot file each conversation's session names restores and holds its own code word
+and no other. Reported: p50/p95 time to first token of resumed turns with the slot file restored, and with
+the session's tokens read again instead (``use_kv=False``: the server reads the history).
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lmchat_jupyter.llama_server_client import LlamaServerClient
-from lmchat_jupyter.results import GenerationOptions
-from lmchat_jupyter.server_chat import ServerChat
+from lmchat_jupyter import Conversation
+from lmchat_jupyter.backends.server.llama_backend import LlamaServerBackend
+from lmchat_jupyter.backends.server.llama_client import LlamaServerClient
+from lmchat_jupyter.core.results import GenerationOptions
 from tests.servers import LlamaServer, llama_server_binary, slot_file_tokens
 
-from .server_bench import write_block
+from .server_bench import server_model, write_block
 
 __all__ = ["main"]
 
@@ -39,30 +42,33 @@ WORDS = ["PAPAYA", "MANGO", "QUINCE", "LYCHEE", "GUAVA", "DAMSON", "FEIJOA", "LO
 OPTIONS = GenerationOptions(temperature=0.7, seed=None, max_tokens=24)
 
 
-def worker(url: str, record_path: Path, word: str, restore: bool) -> dict[str, Any]:
-    """One process of a conversation's chain: resume, one turn, save the record."""
-    if record_path.exists():
-        record = json.loads(record_path.read_text())
-        if not restore:
-            record["slot_file"] = None
-        chat = ServerChat.resume(record)
-        chat.options = OPTIONS
-        before_messages = len(chat.history)
+def worker(url: str, session: Path, word: str, restore: bool) -> dict[str, Any]:
+    """One process of a conversation's chain: restore the session, one turn, save it (and what the server held)."""
+    model = server_model(url)
+    notes = session.with_suffix(".json")
+    resumed = session.exists()
+    if resumed:
+        conv = Conversation.restore(model, session, use_kv=restore, options=OPTIONS)
+        held_before = json.loads(notes.read_text())["server_held"]
         prompt = "Tell me one more thing about it."
     else:
-        chat = ServerChat(url, system="You are a helpful assistant.", options=OPTIONS)
-        before_messages = len(chat.history)
+        conv = Conversation(model, system="You are a helpful assistant.", options=OPTIONS)
+        held_before = 0
         prompt = f"Remember this code word: {word}. Now tell me about the sea."
-    resumed = record_path.exists()
-    held_before = chat.history.token_count
+    before_messages = len(conv.history)
     start = time.perf_counter()
-    stream = chat.stream(prompt)
     first = 0.0
-    for _ in stream:
+    for _ in conv.stream(prompt):
         first = first or time.perf_counter() - start
-    result = chat.last_result
+    result = conv.last_result
     assert result is not None
-    record_path.write_text(json.dumps(chat.record()))
+    conv.save(session)
+    backend = model.backend
+    assert isinstance(backend, LlamaServerBackend)
+    # The slot holds the prompt and the answer but the answer's last token (sampled, never evaluated).
+    server_held = result.cached_tokens + result.prompt_tokens + result.generated_tokens - 1
+    slot_file = backend.slot_keeper.slot_file(conv.history.conversation_id)[0]
+    notes.write_text(json.dumps({"server_held": server_held, "slot_file": slot_file}))
     return {
         "word": word,
         "restore": restore,
@@ -70,8 +76,8 @@ def worker(url: str, record_path: Path, word: str, restore: bool) -> dict[str, A
         "ttft": first or result.total_seconds,
         "cached": result.cached_tokens,
         "held_before": held_before,
-        "grew": len(chat.history) - before_messages,
-        "own_word_in_history": word in chat.history[1].content,
+        "grew": len(conv.history) - before_messages,
+        "own_word_in_history": word in conv.history[1].content,
     }
 
 
@@ -82,7 +88,7 @@ def run(url: str, folder: Path, conversations: int, rounds: int, restore: bool) 
     for _ in range(rounds):
         procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.server_load", "--worker", url, str(folder / f"c{i}.json")]
+                [sys.executable, "-m", "benchmarks.server_load", "--worker", url, str(folder / f"c{i}.lmsession")]
                 + [WORDS[i % len(WORDS)], "restore" if restore else "reread"],
                 stdout=subprocess.PIPE,
                 cwd=HERE.parent,
@@ -109,14 +115,15 @@ def check(reports: list[dict[str, Any]]) -> list[str]:
 
 
 def check_slot_files(url: str, folder: Path, slot_dir: Path, conversations: int) -> list[str]:
-    """Read each conversation's slot file back: it restores, and its tokens hold its own code word only."""
+    """Read the slot file each conversation's session names back: it restores, and its tokens hold its own code
+    word only."""
     client, problems = LlamaServerClient(url), []
     for i in range(conversations):
-        record = json.loads((folder / f"c{i}.json").read_text())
-        if record["slot_file"] is None:
-            continue  # its last save found the slot taken: it keeps no file (its next turn reads the history)
-        n_restored = client.restore_slot(0, record["slot_file"]).n_tokens
-        text = client.detokenize(slot_file_tokens(slot_dir / record["slot_file"]))
+        slot_file = json.loads((folder / f"c{i}.json").read_text())["slot_file"]
+        if slot_file is None:
+            continue  # its last save found the slot taken: it names no file (its next turn reads the history)
+        n_restored = client.restore_slot(0, slot_file).n_tokens
+        text = client.detokenize(slot_file_tokens(slot_dir / slot_file))
         own = WORDS[i % len(WORDS)]
         others = [w for w in WORDS[:conversations] if w != own and w in text]
         if own not in text or others or n_restored == 0:
@@ -138,9 +145,10 @@ def markdown(summary: dict[str, Any]) -> str:
             "## Shared server under load",
             "",
             f"`python -m benchmarks.server_load`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
-            f"{summary['conversations']} conversations (each a chain of processes: resume, one turn, exit), "
+            f"{summary['conversations']} conversations (each a chain of processes, a `Conversation` on "
+            "`load_model(URL)` in each: restore the session, one turn, save, exit), "
             f"one llama-server with {summary['slots']} slots, {summary['rounds']} rounds with slot restore and "
-            f"{summary['rounds']} with the history re-read instead; {summary['turns']} turns, "
+            f"{summary['rounds']} with the session's tokens read again instead (`use_kv=False`); {summary['turns']} turns, "
             f"{summary['wall_s']:.0f} s, 1-min load {summary['load'][0]:.2f} / {summary['load'][1]:.2f}.",
             "",
             "| Time to first token of a resumed turn | p50 | p95 |",
@@ -163,15 +171,15 @@ def markdown(summary: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--worker", nargs=4, metavar=("URL", "RECORD", "WORD", "MODE"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=4, metavar=("URL", "SESSION", "WORD", "MODE"), help=argparse.SUPPRESS)
     parser.add_argument("--conversations", type=int, default=8)
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     if args.worker:
-        url, record, word, mode = args.worker
-        print(json.dumps(worker(url, Path(record), word, mode == "restore")))
+        url, session, word, mode = args.worker
+        print(json.dumps(worker(url, Path(session), word, mode == "restore")))
         return
     llama_server_binary()
     load_start = os.getloadavg()[0]
@@ -188,7 +196,7 @@ def main() -> None:
             server.stop()
     wall = time.perf_counter() - started
     resumed = [r for r in restored if r["resumed"]]
-    reused_all = sum(r["cached"] >= r["held_before"] - 1 for r in resumed)
+    reused_all = sum(r["cached"] >= r["held_before"] for r in resumed)
     with_restore = _percentiles([r["ttft"] for r in resumed])
     without = _percentiles([r["ttft"] for r in reread if r["resumed"]])
     summary = {

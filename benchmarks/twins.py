@@ -88,7 +88,7 @@ def twin_path(spec: TwinSpec, folder: Path | None = None) -> Path:
 
 
 def _tokenizer_source() -> Path:
-    from lmchat_jupyter.model_specs import resolve_model_path
+    from lmchat_jupyter.backends.specs import resolve_model_path
 
     return resolve_model_path(None)  # the embedded SmolLM2-135M: a vocabulary and chat template that work
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lmchat_jupyter import ChatHistory, Conversation, Message, Model
-from lmchat_jupyter.rendering import ChatRenderer
+from lmchat_jupyter.engine.rendering import ChatRenderer
 
 __all__ = [
     "NEXT_PROMPT",

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import _llama_env  # noqa: F401  (first: sets what llama.cpp reads when llama_cpp loads)
 from ._version import __version__
-from .autosave import AutoSave
-from .conversation import Conversation, StreamingTurn
-from .errors import (
+
+# Before anything else of lmchat: sets what llama.cpp reads when it loads, so that a llama_cpp imported
+# later (by the first local model, or by the user) sees it. llama_cpp itself is not imported here.
+from .backends import local as _local  # noqa: F401
+from .core.errors import (
     ContextOverflowError,
     ConversationBusyError,
     HistoryFormatError,
@@ -30,10 +31,12 @@ from .errors import (
     StorageError,
     UnsafeFileError,
 )
-from .events import ConversationEvent
-from .history import ChatHistory, Message
-from .models import Model, ModelSettings, load_model
-from .results import ConversationInfo, GenerationOptions, TurnResult
+from .core.events import ConversationEvent
+from .core.history import ChatHistory, Message
+from .core.results import ConversationInfo, GenerationOptions, TurnResult
+from .engine.autosave import AutoSave
+from .engine.conversation import Conversation, StreamingTurn
+from .engine.models import Model, ModelSettings, load_model
 
 __all__ = [
     "__version__",
@@ -71,11 +74,12 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # The notebook parts are imported on demand: the engine alone needs no IPython, ipywidgets or fcntl.
     if name == "ChatWidget":
-        from .widget import ChatWidget
+        from .ui.widget import ChatWidget
 
         return ChatWidget
     if name == "current":
-        from .kernel import current
+        from . import ui  # noqa: F401  (long evaluations show as a bar)
+        from .notebook.kernel import current
 
         return current
     raise AttributeError(f"module 'lmchat_jupyter' has no attribute {name!r}")
@@ -83,13 +87,13 @@ def __getattr__(name: str) -> Any:
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext lmchat_jupyter``: register the ``%%chat`` and ``%chat`` magics."""
-    from .magics import load
+    from .ui.magics import load
 
     load(ipython)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
     """``%unload_ext lmchat_jupyter``: save every conversation and remove the magics."""
-    from .magics import unload
+    from .ui.magics import unload
 
     unload(ipython)

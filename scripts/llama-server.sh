@@ -66,8 +66,20 @@ build() {
     -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >"$work/configure.log" 2>&1 \
     || { tail -n 30 "$work/configure.log" >&2; exit 1; }
+  # A line a minute with ninja's progress, so a long build does not look stuck.
+  local started
+  started="$(date +%s)"
+  (
+    while sleep 60; do
+      step="$(grep -o '^\[[0-9]*/[0-9]*\]' "$work/build.log" 2>/dev/null | tail -n 1)"
+      echo "llama-server.sh: … still compiling ($(( ($(date +%s) - started) / 60 )) min so far${step:+, step $step})" >&2
+    done
+  ) &
+  local ticker=$!
   PATH="$tools/bin:$PATH" cmake --build "$work/build" --target llama-server -j "$(nproc)" >"$work/build.log" 2>&1 \
-    || { tail -n 30 "$work/build.log" >&2; exit 1; }
+    || { kill "$ticker"; tail -n 30 "$work/build.log" >&2; exit 1; }
+  kill "$ticker"
+  echo "llama-server.sh: built in $(( ($(date +%s) - started) / 60 )) min" >&2
   mkdir -p "$cache/bin"
   cp "$work/build/bin/llama-server" "$binary.tmp"
   mv -f "$binary.tmp" "$binary"  # atomic: a half-copied binary is never found
@@ -89,7 +101,7 @@ fi
 [ -n "$port" ] || { echo "llama-server.sh: --port PORT is required (or --build-only)" >&2; usage >&2; exit 2; }
 
 if [ -z "$model" ]; then
-  model="$("$python" -c 'from lmchat_jupyter.model_specs import default_model_path; print(default_model_path())')" || {
+  model="$("$python" -c 'from lmchat_jupyter.backends.specs import default_model_path; print(default_model_path())')" || {
     echo "llama-server.sh: no embedded default model; run 'bash scripts/setup.sh default-model' or pass --model" >&2
     exit 1
   }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv and install lmchat with the extras given as arguments (e.g. "default-model,lab").
-# Each step says what it does and how long it may take; pip's whole output goes to .venv/setup.log,
+# Each step says what it does and how long it may take; pip's whole output goes to .venv/setup-EXTRAS.log,
 # whose end is shown when a step fails. llama-cpp-python is compiled once (5-8 minutes on 2 cores);
 # pip's wheel cache reuses the build after that.
 set -euo pipefail
@@ -60,7 +60,8 @@ fi
 export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=off}"
 step "updating pip"
 .venv/bin/python -m pip install --quiet --upgrade pip
-log=.venv/setup.log
+# One log per set of extras: the test setup does not overwrite the lab's.
+log=".venv/setup-${extras//,/+}.log"
 step "installing lmchat[${extras}] and its dependencies (pip's full output: $log)"
 if ! .venv/bin/python -m pip install --progress-bar off -e ".[${extras}]" 2>&1 | tee "$log" | show_progress; then
   tail -n 40 "$log" >&2

@@ -12,10 +12,13 @@ if ! command -v chromium >/dev/null 2>&1; then
     echo "[test] chromium is not installed: the browser tests are skipped (sudo apt-get install chromium)"
   fi
 fi
-echo "[test] lint (ruff) and types (mypy)"
+echo "[test] lint (ruff), types (mypy) and the layers' import contracts (lint-imports)"
 .venv/bin/ruff check lmchat_jupyter lmchat tests benchmarks
 .venv/bin/ruff format --check lmchat_jupyter lmchat tests benchmarks
 .venv/bin/mypy
+.venv/bin/lint-imports
+echo "[test] TypeScript: protocol types from the schema, Prettier and ESLint (labextension/)"
+(cd labextension && export PATH="$(pwd)/../.venv/bin:$PATH" && jlpm install --immutable >/dev/null && jlpm lint:check)
 # Cached outside the tree (~/.cache/lmchat/llama-server-VERSION): later runs find it at once.
 echo "[test] llama-server for the shared-server tests (built once per machine, about 7 minutes)"
 bash scripts/llama-server.sh --build-only >/dev/null

@@ -37,6 +37,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 #: Screenshots and logs kept after a run (git-ignored).
 ARTIFACTS = ROOT / "test-artifacts"
+#: The JupyterLab extension as built in this checkout (``jlpm build`` in labextension/).
+BUILT_EXTENSION = ROOT / "lmchat_jupyter" / "labextension"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -133,6 +135,13 @@ class LabServer:
             IPYTHONDIR=str(self.home / "ipython"),
             PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
         )
+        if venv is None and (BUILT_EXTENSION / "package.json").is_file():
+            # This venv's server loads the extension built in the checkout ahead of the copy `pip install`
+            # put in the venv (JUPYTER_PATH comes first): a rebuild is tested without installing again.
+            extensions = self.home / "jupyter-path" / "labextensions"
+            extensions.mkdir(parents=True, exist_ok=True)
+            (extensions / "lmchat-jupyter").symlink_to(BUILT_EXTENSION, target_is_directory=True)
+            env["JUPYTER_PATH"] = str(self.home / "jupyter-path")
         command = [
             str(bin_dir / ("jupyter-notebook" if notebook else "jupyter-lab")),
             "--no-browser",

@@ -10,7 +10,7 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 from lmchat_jupyter import Model, load_model
-from lmchat_jupyter.model_specs import default_model_path
+from lmchat_jupyter.backends.specs import default_model_path
 
 from .models_on_disk import gemma_path
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import sys
 
-from lmchat_jupyter.errors import LmchatError
-from lmchat_jupyter.model_specs import resolve_model_path
+from lmchat_jupyter.backends.specs import resolve_model_path
+from lmchat_jupyter.core.errors import LmchatError
 
 
 def main(specs: list[str]) -> None:

@@ -21,6 +21,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "llama-server.sh"
 TEST_API_KEY = "lmchat-test-key"
+#: urllib without proxies: the test servers are on 127.0.0.1, whatever proxy the environment names.
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def free_port() -> int:
@@ -52,7 +54,7 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 12
         if process.poll() is not None:
             raise RuntimeError(f"the server at {url} exited with {process.returncode} before it was ready")
         try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as answer:
+            with DIRECT.open(url + "/health", timeout=2) as answer:
                 if answer.status == 200:
                     return
         except (OSError, urllib.error.URLError):

@@ -1,99 +1,65 @@
-"""The package's layers hold: no import cycles, and the engine imports nothing of the notebook.
+"""The package's layers hold: the import contracts pass (and fail on a forbidden import), no import cycles,
+small modules, and importing the package loads no notebook parts and no llama.cpp.
 
-The graph counts every import of a package module that runs, wherever it stands (inside functions
-too), so a cycle cannot hide behind a late import. Within the engine, imports for type checking
-alone (``if TYPE_CHECKING:``) count as well.
+The cycle graph counts every import of a package module that runs, wherever it stands (inside functions
+too), and imports for type checking alone (``if TYPE_CHECKING:``) as well: a cycle cannot hide behind a
+late import or a type annotation.
 """
 
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "lmchat_jupyter"
+import pytest
 
-#: The conversation engine: usable without IPython, ipywidgets, fcntl or any kernel code.
-ENGINE = {
-    "_llama_env",
-    "_version",
-    "atomic",
-    "autosave",
-    "backend",
-    "chat_jinja",
-    "chat_templates",
-    "context",
-    "conversation",
-    "errors",
-    "events",
-    "fingerprint",
-    "history",
-    "interrupts",
-    "kvcache",
-    "llama_load",
-    "llama_local",
-    "llama_server_client",
-    "model_specs",
-    "models",
-    "openai_backend",
-    "openai_client",
-    "rendering",
-    "results",
-    "safe_files",
-    "server_backend",
-    "server_http",
-    "server_probe",
-    "server_slots",
-    "server_stream",
-    "session",
-    "session_format",
-    "section_checks",
-    "session_records",
-    "session_save",
-    "signing",
-    "text_units",
-    "turn",
-}
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "lmchat_jupyter"
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+#: Bottom to top: each layer imports only the layers below it.
+LAYERS = ["core", "backends", "engine", "storage", "notebook", "ui"]
 NOTEBOOK_ONLY = {"IPython", "ipywidgets", "ipykernel", "comm", "fcntl"}
+MAX_LINES = 350
 
 
-def imports_of(module: str, typing_only: bool = True) -> tuple[set[str], set[str]]:
-    """The package modules and the outside top-level modules that ``module`` imports (with ``typing_only``:
-    those imported for type checking alone too)."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))
-    inside: set[str] = set()
-    outside: set[str] = set()
-    for node in _walk(tree, typing_only):
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def package_imports(path: Path) -> set[str]:
+    """The package modules (or subpackages) that the file at ``path`` imports, anywhere in it."""
+    name = module_name(path)
+    here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.level:
-            if node.module:
-                inside.add(node.module.split(".")[0])
-            else:
-                inside.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            outside.add(node.module.split(".")[0])
-        elif isinstance(node, ast.Import):
-            outside.update(alias.name.split(".")[0] for alias in node.names)
-    return {m for m in inside if (PACKAGE / f"{m}.py").exists()}, outside
+            base = here[: len(here) - node.level + 1]
+            target = ".".join(base + ([node.module] if node.module else []))
+            candidates = [target] if node.module else [f"{target}.{alias.name}" for alias in node.names]
+            found.update(_existing(c) for c in candidates)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lmchat_jupyter"):
+            found.add(_existing(node.module))
+    return found - {name}
 
 
-def _walk(node: ast.AST, typing_only: bool) -> Iterator[ast.AST]:
-    """``ast.walk``, leaving out the bodies of ``if TYPE_CHECKING:`` unless ``typing_only``."""
-    yield node
-    for child in ast.iter_child_nodes(node):
-        if not typing_only and isinstance(child, ast.If) and ast.unparse(child.test).endswith("TYPE_CHECKING"):
-            for other in child.orelse:
-                yield from _walk(other, typing_only)
-            continue
-        yield from _walk(child, typing_only)
+def _existing(dotted: str) -> str:
+    """``dotted`` cut back to a module or package that exists (``pkg.mod.Name`` → ``pkg.mod``)."""
+    parts = dotted.split(".")
+    while parts:
+        path = ROOT.joinpath(*parts)
+        if path.with_suffix(".py").exists() or (path / "__init__.py").exists():
+            return ".".join(parts)
+        parts.pop()
+    return dotted
 
 
-def graph(typing_only: bool = True) -> dict[str, set[str]]:
-    """Which package modules each module imports."""
-    return {
-        path.stem: imports_of(path.stem, typing_only)[0] for path in PACKAGE.glob("*.py") if path.stem != "__init__"
-    }
+def graph() -> dict[str, set[str]]:
+    """Which package modules each module imports (a package's ``__init__`` as the package itself)."""
+    return {module_name(path): package_imports(path) for path in PACKAGE.rglob("*.py")}
 
 
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
@@ -115,34 +81,82 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
-def test_the_package_has_no_import_cycles() -> None:
+def test_no_import_cycles_counting_type_checking_imports() -> None:
     assert cycles({"a": {"b"}, "b": {"a"}}), "the cycle finder finds a plain cycle"
-    edges = graph(typing_only=False)
+    # A package imports what its modules need; its modules importing the package's names back is no cycle.
+    edges = {
+        module: {t for t in targets if not module.startswith(t + ".")} for module, targets in graph().items()
+    }
     assert not cycles(edges), [" -> ".join(c) for c in cycles(edges)]
-    engine = {m: imports for m, imports in graph().items() if m in ENGINE}
-    assert not cycles(engine), [" -> ".join(c) for c in cycles(engine)]
 
 
-def test_the_engine_imports_nothing_of_the_notebook() -> None:
-    assert set(graph()) >= ENGINE, ENGINE - set(graph())
-    for module in sorted(ENGINE):
-        inside, outside = imports_of(module)
-        assert inside <= ENGINE, f"{module} imports notebook modules {inside - ENGINE}"
-        assert not outside & NOTEBOOK_ONLY, f"{module} imports {outside & NOTEBOOK_ONLY}"
+def test_every_module_is_small_and_every_subpackage_says_what_lives_there() -> None:
+    long = {module_name(p): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+    for init in PACKAGE.rglob("__init__.py"):
+        doc = ast.get_docstring(ast.parse(init.read_text(encoding="utf-8")))
+        assert doc and "TODO" not in doc, f"{module_name(init)} says nothing of what lives there"
+    assert not sorted(p.name for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "_version")), (
+        "every module lives in a layer's folder"
+    )
 
 
-def test_importing_the_package_loads_no_notebook_parts() -> None:
+def _lint_imports(root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--config", str(root / "pyproject.toml"), "--no-cache"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
+
+
+@pytest.fixture(scope="module")
+def package_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the package and its contracts, to break on purpose."""
+    root = tmp_path_factory.mktemp("layers")
+    shutil.copytree(PACKAGE, root / "lmchat_jupyter", ignore=shutil.ignore_patterns("labextension", "__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
+    return root
+
+
+def test_the_import_contracts_hold(package_copy: Path) -> None:
+    run = _lint_imports(package_copy)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "0 broken" in run.stdout, run.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "broken"),
+    [
+        ("core/errors.py", "from ..engine import models", "Layers"),
+        ("backends/specs.py", "from ..storage import sidecar", "Layers"),
+        ("engine/turn.py", "from ..notebook import kernel", "Layers"),
+        ("storage/metadata.py", "from ..ui import output", "Layers"),
+        ("notebook/replay.py", "import IPython", "IPython"),
+        ("engine/context.py", "import llama_cpp", "llama_cpp"),
+    ],
+)
+def test_a_forbidden_import_breaks_a_contract(package_copy: Path, module: str, line: str, broken: str) -> None:
+    path = package_copy / "lmchat_jupyter" / module
+    original = path.read_text(encoding="utf-8")
+    try:
+        path.write_text(original + f"\n{line}  # noqa\n", encoding="utf-8")
+        run = _lint_imports(package_copy)
+    finally:
+        path.write_text(original, encoding="utf-8")
+    assert run.returncode != 0, run.stdout
+    assert "BROKEN" in run.stdout and broken in run.stdout, run.stdout
+
+
+def test_importing_the_package_loads_no_notebook_parts_and_no_llama_cpp() -> None:
     probe = (
         "import sys, lmchat_jupyter\n"
         "from lmchat_jupyter import Conversation, load_model\n"
-        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {sorted(NOTEBOOK_ONLY)!r}"
-        " or m in ('lmchat_jupyter.kernel', 'lmchat_jupyter.store', 'lmchat_jupyter.sidecar'))\n"
+        f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {sorted(NOTEBOOK_ONLY | {'llama_cpp'})!r}"
+        " or m.startswith(('lmchat_jupyter.notebook', 'lmchat_jupyter.storage', 'lmchat_jupyter.ui')))\n"
         "print(bad)\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
-
-
-def test_only_the_local_backend_imports_llama_cpp() -> None:
-    users = {module for module in graph() if "llama_cpp" in imports_of(module)[1]}
-    assert users == {"llama_local", "llama_load"}, users

@@ -20,7 +20,7 @@ import nbformat
 import pytest
 
 from lmchat_jupyter import ChatHistory
-from lmchat_jupyter.history import Message
+from lmchat_jupyter.core.history import Message
 
 from .browser import LabPage, LabServer, chromium_page, chromium_path, wait_for
 

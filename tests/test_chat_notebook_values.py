@@ -18,7 +18,7 @@ CHAT = "--temperature 0 --max-tokens 8"
 
 def chat(ip: InteractiveShell, message: str, line: str = CHAT, cell: str | None = None) -> tuple[str, list[str]]:
     """Run a %%chat cell (the notebook cell ``cell``): what it printed, and the text of what it displayed."""
-    lmchat_jupyter.kernel.chats().cell_id = cell
+    lmchat_jupyter.notebook.kernel.chats().cell_id = cell
     with capture_output() as out:
         ip.run_cell_magic("chat", line, message)
     return out.stdout, [o.data.get("text/markdown") or o.data.get("text/plain", "") for o in out.outputs]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from lmchat_jupyter import ChatHistory, Conversation, HistoryFormatError, Model
-from lmchat_jupyter.history import Message
-from lmchat_jupyter.metadata import build_metadata, embed_setting, parse_metadata, strip_notebook_file
+from lmchat_jupyter.core.history import Message
+from lmchat_jupyter.storage.metadata import build_metadata, embed_setting, parse_metadata, strip_notebook_file
 
 from .kernel_driver import KernelDriver, notebook_file
 from .test_metadata import embedded, open_frontend_comm

@@ -19,7 +19,7 @@ from lmchat_jupyter import (
     SessionNotFoundError,
     load_model,
 )
-from lmchat_jupyter.session_format import parse
+from lmchat_jupyter.engine.session.container import parse
 
 GREEDY = {"temperature": 0.0, "max_tokens": 24}
 PROMPTS = ["My name is Ada and I like red apples.", "What fruit do I like?", "And what is my name?"]

@@ -11,12 +11,12 @@ from IPython.utils.capture import capture_output
 
 import lmchat_jupyter
 from lmchat_jupyter import ChatHistory
-from lmchat_jupyter.kernel import chats
+from lmchat_jupyter.notebook.kernel import chats
 
 from .kernel_driver import KernelDriver, notebook_file
 
 CHAT = "--temperature 0 --max-tokens 8"
-STORE = "__import__('lmchat_jupyter.kernel').kernel.chats().store"
+STORE = "__import__('lmchat_jupyter.notebook.kernel').notebook.kernel.chats().store"
 
 
 def line(ip: InteractiveShell, text: str) -> str:

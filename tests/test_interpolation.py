@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
-from lmchat_jupyter.cell_message import prepare
-from lmchat_jupyter.interpolation import HEAD_ROWS, MAX_VALUE_CHARS, expand, format_value
-from lmchat_jupyter.notebook_context import ErrorLog, context_block, parse_context, record_error, strip_ansi
+from lmchat_jupyter.notebook.cell_message import prepare
+from lmchat_jupyter.notebook.context import ErrorLog, context_block, parse_context, record_error, strip_ansi
+from lmchat_jupyter.notebook.interpolation import HEAD_ROWS, MAX_VALUE_CHARS, expand, format_value
 
 
 def test_names_and_expressions() -> None:

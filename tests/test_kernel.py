@@ -118,14 +118,14 @@ def test_kill_9_keeps_completed_turns_and_sigterm_saves(notebook: Path) -> None:
 def test_a_session_in_blocks_is_saved_at_shutdown(notebook: Path) -> None:
     """A session over 8 MiB is checksummed block by block on a thread pool; a kernel shutting down
     refuses new pool work, and the save it makes then must still happen."""
-    from lmchat_jupyter import session_format
+    from lmchat_jupyter.engine.session import container as session_format
 
     k = KernelDriver(notebook, notebook.parent)
     try:
         k.run("%load_ext lmchat")
         long_prompt = "Summarise these notes in one line. " + "The cache server keeps every row it reads. " * 50
         k.run(CHAT + long_prompt, cell_id="long")
-        k.run("import lmchat_jupyter.kernel as _k\n_k.chats().store.flush()")
+        k.run("import lmchat_jupyter.notebook.kernel as _k\n_k.chats().store.flush()")
         k.run("__import__('lmchat_jupyter').current().history[-1].meta['note'] = 'kept'")
         # Another file in its place (a copy): the save at shutdown writes the whole session (a record
         # would need no block checksums), as a first save or a save after a rewind does.

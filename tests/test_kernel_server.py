@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 
-from lmchat_jupyter import ChatHistory, signing
-from lmchat_jupyter.llama_server_client import LlamaServerClient
-from lmchat_jupyter.model_specs import default_model_path
+from lmchat_jupyter import ChatHistory
+from lmchat_jupyter.backends.server.llama_client import LlamaServerClient
+from lmchat_jupyter.backends.specs import default_model_path
+from lmchat_jupyter.core import signing
 
 from .kernel_driver import CellRun, KernelDriver, notebook_file
 from .servers import TEST_API_KEY, LlamaServer, llama_server_binary, running_llama_server

@@ -181,3 +181,94 @@ def test_an_answer_that_fails_leaves_the_kernel_idle(driver: KernelDriver) -> No
     watch.read(1.0)
     assert watch.shown == "idle", watch.seen[-6:]
     assert "error" in driver.value("w.status.value")
+
+
+# --- the keeper's reader, without a kernel ------------------------------------------------------------
+
+
+def test_only_status_messages_signed_with_the_kernels_key_are_read() -> None:
+    from jupyter_client.session import Session
+
+    from lmchat_jupyter.notebook.status import _parse_status
+
+    kernel, reader, forger = Session(key=b"kernel key"), Session(key=b"kernel key"), Session(key=b"another key")
+    topic = b"kernel.k.status"
+    parent = kernel.msg("execute_request", {"code": ""})["header"]
+    genuine = kernel.msg("status", {"execution_state": "idle"}, parent=parent)
+    frames = [topic, *kernel.serialize(genuine)]
+    read = _parse_status(frames, reader)
+    assert read is not None and read[:2] == ("idle", genuine["header"]["msg_id"])
+    assert read[2]["msg_id"] == parent["msg_id"]
+    assert _parse_status(frames, reader) is None  # the same signature again: a replay
+    forged = forger.msg("status", {"execution_state": "idle"}, parent=parent)
+    assert _parse_status([topic, *forger.serialize(forged)], reader) is None
+    # A genuine message's signature over other content (the state changed in transit).
+    busy = kernel.serialize(kernel.msg("status", {"execution_state": "busy"}))
+    idle = kernel.serialize(kernel.msg("status", {"execution_state": "idle"}))
+    assert _parse_status([topic, *busy[:5], idle[5], *busy[6:]], reader) is None
+    unsigned = Session(key=b"").serialize(Session(key=b"").msg("status", {"execution_state": "idle"}))
+    assert _parse_status([topic, *unsigned], reader) is None
+    assert _parse_status([topic, b"no message"], reader) is None
+
+
+class RecordingKeeper:
+    """A :class:`StatusKeeper` on a socket the test publishes to, recording the status messages it takes."""
+
+    def __init__(self, key: bytes) -> None:
+        import queue
+
+        import zmq
+        from jupyter_client.session import Session
+
+        from lmchat_jupyter.notebook.status import StatusKeeper
+
+        self.publisher = zmq.Context.instance().socket(zmq.PUB)
+        port = self.publisher.bind_to_random_port("tcp://127.0.0.1")
+        self.taken: queue.Queue[tuple[str, str]] = queue.Queue()
+        taken = self.taken
+
+        class Keeper(StatusKeeper):
+            def on_status(self, state: str, msg_id: str, parent: dict[str, Any]) -> None:
+                taken.put((state, msg_id))
+
+        kernel = type("Kernel", (), {"ident": "k", "session": Session(key=key), "iopub_socket": None})()
+        self.keeper = Keeper(kernel, f"tcp://127.0.0.1:{port}", Session(key=key))
+        self.keeper.start()
+
+    def publish(self, session: Any, state: str) -> str:
+        msg = session.msg("status", {"execution_state": state})
+        session.send(self.publisher, msg, ident=b"kernel.k.status")
+        return str(msg["header"]["msg_id"])
+
+    def close(self) -> None:
+        self.keeper.stop()
+        self.publisher.close(0)
+
+
+def test_a_status_message_with_a_wrong_signature_is_ignored() -> None:
+    import queue
+
+    from jupyter_client.session import Session
+
+    kernel, forger = Session(key=b"kernel key"), Session(key=b"another key")
+    reader = RecordingKeeper(b"kernel key")
+    try:
+        # Until the subscription is up messages are lost: publish a forged and a genuine one until one is taken.
+        deadline = time.monotonic() + 30
+        while True:
+            assert time.monotonic() < deadline, "the keeper never read a message"
+            reader.publish(forger, "idle")
+            genuine = reader.publish(kernel, "busy")
+            try:
+                first = reader.taken.get(timeout=0.2)
+                break
+            except queue.Empty:
+                continue
+        assert first == ("busy", genuine)
+        reader.publish(forger, "idle")
+        genuine = reader.publish(kernel, "idle")
+        assert reader.taken.get(timeout=10) == ("idle", genuine)
+        time.sleep(0.3)
+        assert reader.taken.empty()
+    finally:
+        reader.close()

@@ -1,21 +1,22 @@
 """The JupyterLab extension in labextension/ and the Python package ship as one version.
 
-Reads files only: nothing here imports lmchat_jupyter.
+Reads files (and runs the extension's protocol check with Node.js): nothing here imports lmchat_jupyter.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
+import shutil
+import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    tomllib = pytest.importorskip("tomli")
+from packaging.specifiers import SpecifierSet
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "labextension"
@@ -83,3 +84,44 @@ def test_installed_extension(source_package: dict[str, Any]) -> None:
         pytest.skip(f"the extension is not installed in this environment ({installed})")
     _check_built(installed, source_package["version"])
     assert _json(installed / "install.json")["packageName"] == "lmchat-jupyter"
+
+
+def _package(spec: str) -> str:
+    parts = spec.split("/")
+    return "/".join(parts[:2]) if spec.startswith("@") else parts[0]
+
+
+def test_every_package_the_sources_import_is_a_dependency(source_package: dict[str, Any]) -> None:
+    imports = re.compile(r"""^import\s[^'"]*?from\s+'([^'./][^']*)'""", re.MULTILINE)
+    used = {_package(m) for ts in (SOURCE / "src").rglob("*.ts") for m in imports.findall(ts.read_text("utf-8"))}
+    assert used, "no import found: the pattern no longer matches the sources"
+    assert used - set(source_package["dependencies"]) == set()
+
+
+def test_shared_react_components_accept_what_jupyterlab_ships(source_package: dict[str, Any]) -> None:
+    """@jupyter/chat uses JupyterLab's @jupyter/react-components: the range the extension asks for takes it.
+
+    The build asks for the range of @jupyterlab/core-meta, which lags behind JupyterLab's patch releases
+    (4.6.4 asks for ^0.16.6; 4.6.6 ships 0.17.1), and the browser console warns of each mismatch.
+    """
+    spec = importlib.util.find_spec("jupyterlab")
+    if spec is None or spec.origin is None:
+        pytest.skip("JupyterLab is not installed")
+    lock = (Path(spec.origin).parent / "staging" / "yarn.lock").read_text("utf-8")
+    shipped = re.search(r'^"@jupyter/react-components@[^\n]*\n  version: (\S+)', lock, re.MULTILINE)
+    assert shipped is not None
+    shared = source_package["jupyterlab"]["sharedPackages"]["@jupyter/react-components"]
+    assert shared["singleton"] and not shared["bundled"]
+    assert SpecifierSet(shared["requiredVersion"].replace(" ", ",")).contains(shipped.group(1))
+
+
+def test_the_extensions_protocol_is_generated_from_the_schema() -> None:
+    """src/protocol/generated.ts is what lmchat_jupyter/protocol/messages.schema.json gives, and the check of
+    incoming messages agrees with the schema's examples (``jlpm protocol:check``)."""
+    node = shutil.which("node")
+    if node is None or not (SOURCE / "node_modules" / "json-schema-to-typescript").is_dir():
+        pytest.skip("needs Node.js and `jlpm install` in labextension/")
+    done = subprocess.run(
+        [node, "scripts/protocol.mjs", "--check"], cwd=SOURCE, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lmchat_jupyter import ChatHistory, HistoryFormatError
-from lmchat_jupyter.metadata import MAX_METADATA_BYTES, parse_metadata
+from lmchat_jupyter.storage.metadata import MAX_METADATA_BYTES, parse_metadata
 
 from .kernel_driver import KernelDriver, notebook_file
 
@@ -100,14 +100,14 @@ def test_a_renamed_notebook_takes_its_chats_along(tmp_path: Path) -> None:
         k.run("%load_ext lmchat")
         comm = open_frontend_comm(k, {"type": "hello", "format": 1, "notebook_path": "draft.ipynb", "metadata": None})
         assert k.run("%%chat --temperature 0 --max-tokens 8\nMy name is Ada.", cell_id="c1").error is None
-        k.value("__import__('lmchat_jupyter.kernel').kernel.chats().store.flush() or 1")
+        k.value("__import__('lmchat_jupyter.notebook.kernel').notebook.kernel.chats().store.flush() or 1")
         assert (tmp_path / "draft.lmchat" / "default.lmsession").is_file()
         notebook.rename(tmp_path / "final report.ipynb")
         send_comm(k, comm, {"type": "path", "notebook_path": "final report.ipynb"})
-        folder = k.value("str(__import__('lmchat_jupyter.kernel').kernel.chats().store.sidecar.folder)")
+        folder = k.value("str(__import__('lmchat_jupyter.notebook.kernel').notebook.kernel.chats().store.sidecar.folder)")
         assert folder == str(tmp_path / "final report.lmchat")
         assert k.run("%%chat --temperature 0 --max-tokens 8\nWhat is my name?", cell_id="c2").error is None
-        k.value("__import__('lmchat_jupyter.kernel').kernel.chats().store.flush() or 1")
+        k.value("__import__('lmchat_jupyter.notebook.kernel').notebook.kernel.chats().store.flush() or 1")
     finally:
         k.shutdown()
     assert not (tmp_path / "draft.lmchat").exists()

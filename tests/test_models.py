@@ -25,8 +25,10 @@ import llama_cpp
 import pytest
 
 from lmchat_jupyter import Conversation, Model, ModelLoadError, ModelNotFoundError, ModelSettings, load_model
-from lmchat_jupyter.model_specs import MODEL_ENV_VAR, default_model_path, parse_hf_spec, resolve_model_path
-from lmchat_jupyter.models import default_threads
+from lmchat_jupyter.backends.interface import Capabilities, Persistence
+from lmchat_jupyter.backends.registry import SERVER_KINDS, LocalTarget, ServerTarget, target
+from lmchat_jupyter.backends.specs import MODEL_ENV_VAR, default_model_path, parse_hf_spec, resolve_model_path
+from lmchat_jupyter.engine.models import default_threads
 
 from .hub_server import HubFile, HubRepo, LocalHub
 
@@ -128,6 +130,36 @@ def test_hub_spec_parts() -> None:
     assert parse_hf_spec("owner/repo/file.gguf@") == ("owner/repo", "file.gguf", None)
 
 
+# --- which backend a spec names ------------------------------------------------------------------------
+
+
+def test_the_registry_tells_files_from_servers_and_looks_nothing_up_early(smollm_path: Path, tmp_path: Path) -> None:
+    server = target(" HTTP://localhost:8080/ ")
+    assert isinstance(server, ServerTarget) and server.url == "http://localhost:8080" == server.key
+    assert set(SERVER_KINDS) == {"llama-server", "openai"}  # every kind the probe tells apart has a backend
+    missing = target(tmp_path / "nope.gguf")
+    assert isinstance(missing, LocalTarget)  # no error yet: the file is looked for when asked
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        missing.path  # noqa: B018
+    link = tmp_path / "smol.gguf"
+    link.symlink_to(smollm_path)
+    assert target(link) != target(smollm_path) and target(link).key == target(smollm_path).key
+    # Settings are checked before a file is looked for (or downloaded).
+    with pytest.raises(ValueError, match="n_ctx=16 is too small"):
+        load_model(tmp_path / "nope.gguf", n_ctx=16)
+
+
+def test_each_backend_says_what_it_keeps_and_where_it_evaluates(model: Model) -> None:
+    from lmchat_jupyter.backends.server.llama_backend import LlamaServerBackend
+    from lmchat_jupyter.backends.server.openai_backend import OpenAIBackend
+
+    assert model.backend.capabilities == Capabilities(Persistence.FULL_SESSION, model_tokens=True, evaluates_here=True)
+    assert Conversation(model).cache.shows_progress  # evaluating is work here: worth a progress bar
+    assert LlamaServerBackend.capabilities == Capabilities(Persistence.SERVER_SLOT, evaluates_here=False)
+    history_only = Capabilities(Persistence.HISTORY_ONLY, model_tokens=False, evaluates_here=False)
+    assert OpenAIBackend.capabilities == history_only
+
+
 # --- loading: progress, quiet llama.cpp, one instance per file and settings --------------------------------
 
 
@@ -170,6 +202,8 @@ def test_settings_are_checked() -> None:
     assert ModelSettings().n_ctx is None
     # Every layer on the GPU where llama-cpp-python has a GPU backend; none on a CPU-only build.
     assert ModelSettings().n_gpu_layers == (-1 if llama_cpp.llama_supports_gpu_offload() else 0)
+    assert ModelSettings() == ModelSettings(n_gpu_layers=ModelSettings().n_gpu_layers)  # the same model, loaded once
+    assert ModelSettings(n_gpu_layers=3).n_gpu_layers == 3
 
 
 def test_thread_counts(model: Model) -> None:
@@ -183,7 +217,7 @@ def test_thread_counts(model: Model) -> None:
 
 
 def _threads_in_a_fresh_process(code: str, **env: str) -> list[int]:
-    script = f"{code}\nfrom lmchat_jupyter.models import default_threads\nprint(*default_threads())"
+    script = f"{code}\nfrom lmchat_jupyter.engine.models import default_threads\nprint(*default_threads())"
     environ = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | env
     done = subprocess.run([sys.executable, "-c", script], env=environ, capture_output=True, text=True, check=True)
     return [int(n) for n in done.stdout.split()]

@@ -11,12 +11,12 @@ import shlex
 from pathlib import Path
 
 from lmchat_jupyter import ChatHistory
-from lmchat_jupyter.history import Message
+from lmchat_jupyter.core.history import Message
 
 from .kernel_driver import KernelDriver, notebook_file
 
 CHAT = "%%chat --temperature 0 --max-tokens 6\n"
-STORE = "__import__('lmchat_jupyter.kernel').kernel.chats().store"
+STORE = "__import__('lmchat_jupyter.notebook.kernel').notebook.kernel.chats().store"
 
 
 def embedded(conversations: dict[str, list[tuple[str, str]]]) -> dict[str, object]:

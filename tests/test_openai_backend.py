@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from lmchat_jupyter import Conversation, Model, ModelSettings
-from lmchat_jupyter.errors import ServerAuthError, ServerError, ServerUnreachableError, SessionMismatchError
-from lmchat_jupyter.openai_backend import OpenAIBackend
-from lmchat_jupyter.openai_client import OpenAICompatibleClient
-from lmchat_jupyter.results import GenerationOptions
-from lmchat_jupyter.server_probe import ServerTier, probe_server
-from lmchat_jupyter.text_units import decode_units, encode_units, read_chat, render_chat
+from lmchat_jupyter.backends.server.openai_backend import OpenAIBackend
+from lmchat_jupyter.backends.server.openai_client import OpenAICompatibleClient
+from lmchat_jupyter.backends.server.probe import ServerTier, probe_server
+from lmchat_jupyter.backends.server.text_units import decode_units, encode_units, read_chat, render_chat
+from lmchat_jupyter.core.errors import ServerAuthError, ServerError, ServerUnreachableError, SessionMismatchError
+from lmchat_jupyter.core.results import GenerationOptions
 
 from .servers import TEST_API_KEY, OpenAIServer, free_port
 
@@ -106,9 +106,9 @@ import sys
 import threading
 from pathlib import Path
 from lmchat_jupyter import Conversation, Model, ModelSettings
-from lmchat_jupyter.openai_backend import OpenAIBackend
-from lmchat_jupyter.results import GenerationOptions
-from lmchat_jupyter.server_probe import probe_server
+from lmchat_jupyter.backends.server.openai_backend import OpenAIBackend
+from lmchat_jupyter.core.results import GenerationOptions
+from lmchat_jupyter.backends.server.probe import probe_server
 
 url, key, path = sys.argv[1:]
 backend = OpenAIBackend(probe_server(url, key), key)

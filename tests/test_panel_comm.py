@@ -1,7 +1,8 @@
 """The chat panel's requests and updates on the kernel side, with the real model and real %%chat cells.
 
 The panel's comm is replaced by a list that collects what the kernel sends; the requests are the
-dicts the labextension sends. The browser side is in test_browser_panel.py.
+dicts the labextension sends. Everything the kernel sent is checked against the protocol's schema.
+The browser side is in test_browser_panel.py.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 from lmchat_jupyter import Conversation, ConversationEvent, current
-from lmchat_jupyter.panel_comm import PanelChannel
+from lmchat_jupyter.protocol import validate
+from lmchat_jupyter.ui.panel_comm import PanelChannel
 
 CHAT = "--temperature 0 --max-tokens 12"
 LONG = "Write a long story about a dragon who learns to bake bread, with many details."
@@ -48,6 +50,8 @@ def frontend(shell: InteractiveShell) -> Iterator[Frontend]:
     yield f
     f.channel.wait(120)
     f.channel.close()
+    for message in f.sent:
+        validate("PanelUpdate", message, closed=True)
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 120) -> None:
@@ -69,7 +73,7 @@ def test_sync_before_any_message_creates_nothing(frontend: Frontend) -> None:
     state = frontend.last_state()
     assert state["messages"] == [] and state["model"] is None and state["generating"] is False
     assert state["names"] == ["default"]
-    from lmchat_jupyter.kernel import chats
+    from lmchat_jupyter.notebook.kernel import chats
 
     assert chats().store.conversations == {}  # no model was loaded for a look
 
@@ -158,7 +162,7 @@ def test_a_second_conversation_is_listed_and_can_be_picked(shell: InteractiveShe
 
 
 def test_the_notebooks_history_shows_before_it_is_evaluated(shell: InteractiveShell, frontend: Frontend) -> None:
-    from lmchat_jupyter.frontend import bridge
+    from lmchat_jupyter.ui.frontend import bridge
 
     messages = [
         {"id": "m1", "role": "user", "content": "My name is Ada."},
@@ -170,7 +174,7 @@ def test_the_notebooks_history_shows_before_it_is_evaluated(shell: InteractiveSh
     state = frontend.last_state()
     assert state["waiting"] is True and state["model"] is None
     assert [m["content"] for m in state["messages"]] == ["My name is Ada.", "Nice to meet you, Ada!"]
-    from lmchat_jupyter.kernel import chats
+    from lmchat_jupyter.notebook.kernel import chats
 
     assert "default" not in chats().store.conversations  # looking did not evaluate it
 
@@ -179,3 +183,34 @@ def test_the_notebooks_history_shows_before_it_is_evaluated(shell: InteractiveSh
     state = frontend.last_state()
     assert state["waiting"] is False and state["model"]
     assert [m["content"] for m in state["messages"]][0] == "My name is Grace." and len(state["messages"]) == 2
+
+
+def test_panel_turns_answer_as_the_last_chat_cell_asked(shell: InteractiveShell, frontend: Frontend) -> None:
+    frontend.request("sync")
+    shell.run_cell_magic("chat", "--temperature 0 --max-tokens 8", "Say hello.")
+    assert frontend.last_state()["options"] == {"temperature": 0.0, "max_tokens": 8}
+    frontend.request("send", text=LONG)
+    frontend.channel.wait(120)
+    answer = frontend.last_state()["messages"][-1]
+    assert answer["role"] == "assistant" and answer["tokens"] <= 8 and answer["finish_reason"] == "length"
+
+
+def test_the_panel_changes_its_options_until_the_next_chat_cell(shell: InteractiveShell, frontend: Frontend) -> None:
+    frontend.request("sync")
+    shell.run_cell_magic("chat", "--temperature 0 --max-tokens 12", "Say hello.")
+    frontend.request("options", max_tokens=5)
+    assert frontend.last_state()["options"] == {"temperature": 0.0, "max_tokens": 5}
+    frontend.request("send", text=LONG)
+    frontend.channel.wait(120)
+    assert frontend.last_state()["messages"][-1]["tokens"] <= 5
+    frontend.request("regenerate")
+    frontend.channel.wait(120)
+    assert frontend.last_state()["messages"][-1]["tokens"] <= 5
+    for bad in ({"max_tokens": 0}, {"max_tokens": "8"}, {"max_tokens": True}, {"max_tokens": 2.5}):
+        frontend.request("options", **bad)
+    for bad_t in ({"temperature": -1}, {"temperature": 3}, {"temperature": float("nan")}):
+        frontend.request("options", **bad_t)
+    assert len(frontend.errors()) == 7 and all("must be" in e for e in frontend.errors())
+    assert frontend.last_state()["options"] == {"temperature": 0.0, "max_tokens": 5}
+    shell.run_cell_magic("chat", "--temperature 0.5 --max-tokens 9", "Say hello again.")
+    assert frontend.last_state()["options"] == {"temperature": 0.5, "max_tokens": 9}

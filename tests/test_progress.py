@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lmchat_jupyter import ChatHistory, Conversation, Model
-from lmchat_jupyter.history import Message
-from lmchat_jupyter.progress import MIN_TOKENS_FOR_BAR, token_progress
+from lmchat_jupyter.core.history import Message
+from lmchat_jupyter.ui.progress import MIN_TOKENS_FOR_BAR, token_progress
 
 
 def long_history(turns: int = 4) -> ChatHistory:

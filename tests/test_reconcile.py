@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from lmchat_jupyter.history import ChatHistory, Message
-from lmchat_jupyter.reconcile import Relation, free_name, is_backup_name, length_note, move_aside, relation
-from lmchat_jupyter.sidecar import check_name
+from lmchat_jupyter.core.history import ChatHistory, Message
+from lmchat_jupyter.storage.reconcile import Relation, free_name, is_backup_name, length_note, move_aside, relation
+from lmchat_jupyter.storage.sidecar import check_name
 
 
 def history(*ids: str) -> ChatHistory:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from lmchat_jupyter import Conversation, Model, SessionCorruptError
-from lmchat_jupyter.llama_local import positions
-from lmchat_jupyter.session_format import parse
+from lmchat_jupyter.backends.local.llama import positions
+from lmchat_jupyter.engine.session.container import parse
 
 GREEDY = {"temperature": 0.0, "max_tokens": 16}
 

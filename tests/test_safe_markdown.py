@@ -6,8 +6,8 @@ from html.parser import HTMLParser
 
 import pytest
 
-from lmchat_jupyter.code_highlight import highlight_code
-from lmchat_jupyter.safe_markdown import markdown_bundle, markdown_html
+from lmchat_jupyter.ui.code_highlight import highlight_code
+from lmchat_jupyter.ui.safe_markdown import markdown_bundle, markdown_html
 
 #: Every element the renderer may produce, and the attributes each may carry.
 ALLOWED = {

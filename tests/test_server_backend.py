@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,14 +13,14 @@ from typing import Any
 import pytest
 
 from lmchat_jupyter import Conversation, load_model
-from lmchat_jupyter.errors import ServerAuthError, ServerContextTooSmallError, ServerUnreachableError
-from lmchat_jupyter.llama_server_client import LlamaServerClient
-from lmchat_jupyter.models import ServerModel
-from lmchat_jupyter.openai_backend import OpenAIBackend
-from lmchat_jupyter.results import GenerationOptions
-from lmchat_jupyter.server_backend import LlamaServerBackend
-from lmchat_jupyter.server_slots import slot_file_name
-from lmchat_jupyter.server_stream import END, TokenStream
+from lmchat_jupyter.backends.server.llama_backend import LlamaServerBackend
+from lmchat_jupyter.backends.server.llama_client import LlamaServerClient
+from lmchat_jupyter.backends.server.openai_backend import OpenAIBackend
+from lmchat_jupyter.backends.server.slots import slot_file_name
+from lmchat_jupyter.backends.server.stream import END, TokenStream
+from lmchat_jupyter.core.errors import ServerAuthError, ServerContextTooSmallError, ServerUnreachableError
+from lmchat_jupyter.core.results import GenerationOptions
+from lmchat_jupyter.engine.models import ServerModel
 
 from .servers import (
     TEST_API_KEY,
@@ -144,6 +145,42 @@ def test_conversations_taking_turns_on_one_slot_never_see_each_other(one_slot: L
         assert own in saved and other not in saved
 
 
+def test_a_slot_taken_right_after_an_answer_never_becomes_this_conversation_s_file(one_slot: LlamaServer) -> None:
+    """Two kernels on one slot: the other kernel's turn waits for the slot and takes it the moment this answer
+    ends. This conversation's save comes later (the store saves in the background): the slot holds the other
+    conversation by then, and this conversation's slot file must keep its own earlier state, not the other's."""
+    client = LlamaServerClient(one_slot.url)
+    first = _chat(_server_model(one_slot.url), "PAPAYA")
+    first.save()  # each conversation's slot file holds it
+    second = _chat(_server_model(one_slot.url), "MANGO")
+    second.save()
+    answer = iter(first.stream("Tell me a long story about the sea.", max_tokens=80, temperature=0.8))
+    next(answer)
+    failures: list[BaseException] = []
+
+    def other_kernel() -> None:
+        try:
+            second.submit("Say the code word again.", max_tokens=40)
+        except BaseException as exc:
+            failures.append(exc)
+
+    other = threading.Thread(target=other_kernel)
+    other.start()
+    time.sleep(1.0)  # the other turn waits for the one slot
+    for _ in answer:
+        pass
+    other.join(timeout=300)
+    assert not other.is_alive() and not failures, failures
+    sessions = {conv.history.conversation_id: conv.save() for conv in (first, second)}
+    for conv, own, intruder in ((first, "PAPAYA", "MANGO"), (second, "MANGO", "PAPAYA")):
+        name = slot_file_name(conv.history.conversation_id, one_slot.url)
+        saved = client.detokenize(slot_file_tokens(one_slot.slot_dir / name))
+        assert own in saved and intruder not in saved, (own, saved)
+        # Each goes on in a new kernel from its own session and slot file.
+        resumed = Conversation.restore(_server_model(one_slot.url), sessions[conv.history.conversation_id])
+        assert resumed.submit("Go on.").text
+
+
 def test_a_fork_starts_from_its_origin_s_slot_file(one_slot: LlamaServer) -> None:
     model = _server_model(one_slot.url)
     origin = _chat(model, "PAPAYA")
@@ -256,10 +293,11 @@ def test_an_openai_compatible_server_gives_a_history_only_model(tmp_path: Path, 
         running.stop()
 
 
-def test_the_engine_path_benchmark_runs(one_slot: LlamaServer) -> None:
-    from benchmarks import server_backend_bench as bench
+def test_the_server_benchmark_runs(one_slot: LlamaServer) -> None:
+    from benchmarks import server_bench as bench
 
     resume = bench.bench_resume(one_slot, 300)
     assert resume["restored_prompt_tokens"] < 40 < resume["reread_prompt_tokens"]
     stream = bench.bench_stream(one_slot, 8, 1)
-    assert "| Resume after a restart" in bench.markdown(resume, stream, (0.0, 0.0))
+    client = bench.bench_client(one_slot, 8, 1)
+    assert "| Resume after a restart" in bench.markdown(resume, stream, client, (0.0, 0.0))

@@ -9,7 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from lmchat_jupyter.errors import (
+from lmchat_jupyter.backends.server.http import API_KEY_ENV_VAR
+from lmchat_jupyter.backends.server.llama_client import LlamaServerClient
+from lmchat_jupyter.backends.server.openai_client import OpenAICompatibleClient
+from lmchat_jupyter.backends.specs import resolve_model_path
+from lmchat_jupyter.core.errors import (
     ContextOverflowError,
     ModelNotFoundError,
     ServerAuthError,
@@ -17,10 +21,6 @@ from lmchat_jupyter.errors import (
     ServerUnreachableError,
     SlotStorageError,
 )
-from lmchat_jupyter.llama_server_client import LlamaServerClient
-from lmchat_jupyter.model_specs import resolve_model_path
-from lmchat_jupyter.openai_client import OpenAICompatibleClient
-from lmchat_jupyter.server_http import API_KEY_ENV_VAR
 
 from .servers import TEST_API_KEY, LlamaServer, OpenAIServer, free_port, llama_server_binary
 

@@ -13,11 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from lmchat_jupyter.fingerprint import cache_dir
-from lmchat_jupyter.llama_server_client import SLOT_FILE_NAME, LlamaServerClient, SlotInfo
-from lmchat_jupyter.server_slots import SECRET_FILE, SlotClaim, choose_slot, idle_slots, slot_file_name, user_secret
+from lmchat_jupyter.backends.server.llama_client import SLOT_FILE_NAME, LlamaServerClient, SlotInfo
+from lmchat_jupyter.backends.server.slots import (
+    SECRET_FILE,
+    SlotClaim,
+    choose_slot,
+    idle_slots,
+    slot_file_name,
+    user_secret,
+)
+from lmchat_jupyter.core.fingerprint import cache_dir
 
-from .servers import LlamaServer, running_llama_server
+from .servers import DIRECT, LlamaServer, running_llama_server
 
 URL = "http://127.0.0.1:8080"
 
@@ -89,7 +96,7 @@ def test_a_freed_slot_taken_again_during_the_grace_is_waited_for_not_queued_behi
     def answer() -> None:  # another kernel's answer: long enough to outlast the grace
         body = {"prompt": tokens, "id_slot": 0, "n_predict": 160, "ignore_eos": True, "cache_prompt": True}
         request = urllib.request.Request(one_slot.url + "/completion", data=json.dumps(body).encode())
-        urllib.request.urlopen(request, timeout=120).read()
+        DIRECT.open(request, timeout=120).read()
 
     def busy(want: bool) -> None:
         deadline = time.monotonic() + 60

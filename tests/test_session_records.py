@@ -10,9 +10,9 @@ import llama_cpp
 import pytest
 
 from lmchat_jupyter import Conversation, Model, ModelSettings
-from lmchat_jupyter.llama_local import LlamaBackend
-from lmchat_jupyter.session_format import PREFIX, parse
-from lmchat_jupyter.session_records import read_records
+from lmchat_jupyter.backends.local.llama import LlamaBackend
+from lmchat_jupyter.engine.session.container import PREFIX, parse
+from lmchat_jupyter.engine.session.records import read_records
 
 GREEDY = {"temperature": 0.0, "max_tokens": 24}
 PROMPTS = [
@@ -232,8 +232,9 @@ def test_a_session_of_a_one_sequence_context_loads_into_a_two_sequence_one(
 APPENDING_CHILD = r"""
 import sys, time
 from pathlib import Path
-from lmchat_jupyter import Conversation, load_model, session_save
-from lmchat_jupyter.atomic import append_whole
+from lmchat_jupyter import Conversation, load_model
+from lmchat_jupyter.engine.session import writer as session_save
+from lmchat_jupyter.core.atomic import append_whole
 
 path = Path(sys.argv[1])
 conv = Conversation(load_model(n_ctx=4096), system=sys.argv[2])

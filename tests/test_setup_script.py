@@ -99,7 +99,7 @@ def test_each_step_is_announced(tmp_path: Path) -> None:
     steps = [line.split("] ", 1)[1] for line in done.stdout.splitlines()]
     assert steps == [
         "updating pip",
-        "installing lmchat[default-model] and its dependencies (pip's full output: .venv/setup.log)",
+        "installing lmchat[default-model] and its dependencies (pip's full output: .venv/setup-default-model.log)",
         "installing the build tools",
         "building lmchat's JupyterLab extension (jlpm: 1-2 minutes when labextension/ changed)",
         "resolving the dependencies (downloads what pip's cache lacks)",
@@ -108,7 +108,7 @@ def test_each_step_is_announced(tmp_path: Path) -> None:
         "installing the packages into .venv",
         "done: 3 packages installed or updated",
     ]
-    assert (root / ".venv" / "setup.log").read_text() == PIP_OUTPUT
+    assert (root / ".venv" / "setup-default-model.log").read_text() == PIP_OUTPUT
 
 
 def test_a_failed_install_shows_the_end_of_pips_output(tmp_path: Path) -> None:
@@ -116,4 +116,4 @@ def test_a_failed_install_shows_the_end_of_pips_output(tmp_path: Path) -> None:
     done = run_setup(root, os.environ["PATH"])
     assert done.returncode == 1
     assert "Failed building wheel for llama-cpp-python" in done.stderr
-    assert "setup: pip failed" in done.stderr and ".venv/setup.log" in done.stderr
+    assert "setup: pip failed" in done.stderr and ".venv/setup-default-model.log" in done.stderr

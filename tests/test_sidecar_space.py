@@ -14,7 +14,7 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
-from lmchat_jupyter.sidecar_space import GITIGNORE
+from lmchat_jupyter.storage.space import GITIGNORE
 
 CHAT = "--temperature 0 --max-tokens 8"
 
@@ -48,7 +48,7 @@ def restart(ip: InteractiveShell) -> None:
 def flush() -> None:
     import lmchat_jupyter
 
-    lmchat_jupyter.kernel.chats().store.flush()
+    lmchat_jupyter.notebook.kernel.chats().store.flush()
 
 
 def test_the_sidecar_stays_out_of_git_unless_its_gitignore_is_changed(shell: InteractiveShell, tmp_path: Path) -> None:
@@ -148,6 +148,6 @@ def test_config_sets_the_gpu_layers_of_models_loaded_from_now_on(shell: Interact
 
     said = line(shell, "config --gpu-layers 4")
     assert "gpu layers: 4 (" in said, said
-    assert lmchat_jupyter.kernel.chats().store.settings.n_gpu_layers == 4
+    assert lmchat_jupyter.notebook.kernel.chats().store.settings.n_gpu_layers == 4
     assert "-1 (every layer), 0 (none)" in _usage_error(shell, "config --gpu-layers -2")
-    assert lmchat_jupyter.kernel.chats().store.settings.n_gpu_layers == 4
+    assert lmchat_jupyter.notebook.kernel.chats().store.settings.n_gpu_layers == 4

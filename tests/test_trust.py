@@ -6,15 +6,15 @@ import json
 import shlex
 from pathlib import Path
 
-from lmchat_jupyter import signing
-from lmchat_jupyter.model_specs import default_model_path
-from lmchat_jupyter.session_format import read_header
+from lmchat_jupyter.backends.specs import default_model_path
+from lmchat_jupyter.core import signing
+from lmchat_jupyter.engine.session.container import read_header
 
 from .kernel_driver import KernelDriver, notebook_file
 
 CHAT = "%%chat --temperature 0 --max-tokens 6\n"
 CURRENT = "__import__('lmchat_jupyter').current()"
-STORE = "__import__('lmchat_jupyter.kernel').kernel.chats().store"
+STORE = "__import__('lmchat_jupyter.notebook.kernel').notebook.kernel.chats().store"
 
 
 def maps_of(k: KernelDriver, file_name: str) -> int:
@@ -48,7 +48,7 @@ def test_a_foreign_sidecar_never_chooses_the_model(tmp_path: Path, gemma_file: P
         assert k.value(f"sorted({STORE}.conversations)") == []
         # Waiting, it still goes into the notebook's metadata.
         built = (
-            f"__import__('lmchat_jupyter.metadata').metadata.build_metadata({STORE}.conversations, {STORE}.embedded)"
+            f"__import__('lmchat_jupyter.storage.metadata').storage.metadata.build_metadata({STORE}.conversations, {STORE}.embedded)"
         )
         assert k.value(f"sorted({built}['conversations'])") == ["default"]
         assert k.value(f"{CURRENT}.model.path.name") == default_model_path().name
@@ -100,7 +100,7 @@ def test_signatures() -> None:
 
 
 def test_the_saved_model_is_named_only_where_it_can_be_a_spec() -> None:
-    from lmchat_jupyter.saved import SavedChat, untrusted_model_note
+    from lmchat_jupyter.storage.saved import SavedChat, untrusted_model_note
 
     def note(spec: str, active: str = "default") -> str | None:
         saved = SavedChat(has_session=True, header={"model_spec": spec, "compat": {"model_name": "Gemma"}})

@@ -13,8 +13,8 @@ from IPython.core.interactiveshell import InteractiveShell
 
 import lmchat_jupyter
 from lmchat_jupyter import ChatHistory, ConversationEvent
-from lmchat_jupyter.kernel import chats
-from lmchat_jupyter.widget import WIDGET_CELL_ID, ChatWidget
+from lmchat_jupyter.notebook.kernel import chats
+from lmchat_jupyter.ui.widget import WIDGET_CELL_ID, ChatWidget
 
 from .kernel_driver import KernelDriver, notebook_file
 

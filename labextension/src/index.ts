@@ -7,7 +7,11 @@ import { INotebookTracker, NotebookPanel } from '@jupyterlab/notebook';
 import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 
 import { Context, INotebookLinks, NotebookLinks } from './link';
+// Both are needed as the plugins activate: the panel is added to the sidebar,
+// and each notebook opened is watched for stale widgets from its first moment.
+// eslint-disable-next-line jupyter/prefer-lazy-imports
 import { ChatPanel } from './panel/widget';
+// eslint-disable-next-line jupyter/prefer-lazy-imports
 import { watchStaleChatWidgets } from './stale_widgets';
 
 const linksPlugin: JupyterFrontEndPlugin<NotebookLinks> = {

@@ -3,24 +3,26 @@ import { Kernel, KernelMessage } from '@jupyterlab/services';
 import { JSONExt, JSONObject, Token } from '@lumino/coreutils';
 import { ISignal, Signal } from '@lumino/signaling';
 
-/** Comm target the kernel registers when `%load_ext lmchat` runs. */
-const KERNEL_TARGET = 'lmchat';
-/** Comm target registered here, so a kernel loading lmchat late can reach us. */
-const FRONTEND_TARGET = 'lmchat.frontend';
-/** Notebook metadata key holding the chat history. */
-const METADATA_KEY = 'lmchat';
-/** Version of the hello/metadata protocol and of the metadata payload. */
-const FORMAT = 1;
+import {
+  FORMAT,
+  FRONTEND_TARGET,
+  IFrontendMessage,
+  IHello,
+  INotebookMetadata,
+  IPanelUpdate,
+  is,
+  KERNEL_TARGET,
+  METADATA_KEY
+} from './protocol';
 
 export type Context = NotebookPanel['context'];
 
-export function isPlainObject(value: unknown): value is JSONObject {
-  return (
-    typeof value === 'object' &&
-    value !== null &&
-    !Array.isArray(value) &&
-    Object.getPrototypeOf(value) === Object.prototype
-  );
+/**
+ * A message as JSON: every message of the protocol is (its schema says so),
+ * though TypeScript cannot tell from the generated interfaces.
+ */
+function asJSON(message: IFrontendMessage | INotebookMetadata): JSONObject {
+  return message as unknown as JSONObject;
 }
 
 /**
@@ -49,7 +51,7 @@ export class NotebookLink {
   }
 
   /** The kernel's messages for the chat panel (`type` starting with `panel_`). */
-  get messageReceived(): ISignal<NotebookLink, JSONObject> {
+  get messageReceived(): ISignal<NotebookLink, IPanelUpdate> {
     return this._messageReceived;
   }
 
@@ -73,7 +75,7 @@ export class NotebookLink {
   }
 
   /** Send `data` to the kernel's lmchat; false when no comm is open. */
-  post(data: JSONObject): boolean {
+  post(data: IFrontendMessage): boolean {
     // One comm only: a request sent on two would be carried out twice.
     const newest = [...this.comms].pop();
     if (!newest) {
@@ -83,7 +85,7 @@ export class NotebookLink {
     return true;
   }
 
-  private hello(): JSONObject {
+  private hello(): IHello {
     return {
       type: 'hello',
       format: FORMAT,
@@ -155,7 +157,7 @@ export class NotebookLink {
     try {
       comm = kernel.createComm(KERNEL_TARGET);
       this.bind(comm);
-      await comm.open(this.hello()).done;
+      await comm.open(asJSON(this.hello())).done;
     } catch {
       // The kernel went away meanwhile. (A kernel without lmchat closes the comm.)
       if (comm) {
@@ -182,50 +184,53 @@ export class NotebookLink {
   }
 
   private onMessage(comm: Kernel.IComm, data: unknown): void {
-    const type = isPlainObject(data) ? data.type : undefined;
-    if (type === 'request_hello') {
-      this.send(comm, this.hello());
-    } else if (type === 'metadata') {
-      this.setMetadata((data as JSONObject).value);
-    } else if (type === 'strip') {
-      // `%chat strip`: the notebook is to be shared without its chats.
-      if (this.context.model.getMetadata(METADATA_KEY) !== undefined) {
-        this.context.model.deleteMetadata(METADATA_KEY);
-      }
-    } else if (typeof type === 'string' && type.startsWith('panel_')) {
-      this._messageReceived.emit(data as JSONObject);
-    } else {
-      console.warn('lmchat: ignoring unknown comm message', data);
+    // A kernel of another lmchat version, or anything else on the comm: checked, never trusted.
+    if (!is('KernelMessage', data)) {
+      console.warn('lmchat: ignoring a malformed comm message', data);
+      return;
+    }
+    switch (data.type) {
+      case 'request_hello':
+        this.send(comm, this.hello());
+        break;
+      case 'metadata':
+        this.setMetadata(data.value);
+        break;
+      case 'strip':
+        // `%chat strip`: the notebook is to be shared without its chats.
+        if (this.context.model.getMetadata(METADATA_KEY) !== undefined) {
+          this.context.model.deleteMetadata(METADATA_KEY);
+        }
+        break;
+      default:
+        this._messageReceived.emit(data);
     }
   }
 
   /** Store the kernel's history in the notebook; the notebook turns dirty. */
-  private setMetadata(value: unknown): void {
+  private setMetadata(value: INotebookMetadata): void {
     const model = this.context.model;
-    if (!isPlainObject(value) || value.format !== FORMAT) {
-      console.warn('lmchat: ignoring invalid notebook metadata', value);
-    } else {
-      // JSONExt.deepEqual throws on undefined: compare only with a value that is there.
-      const current = model.getMetadata(METADATA_KEY);
-      if (current === undefined || !JSONExt.deepEqual(current, value)) {
-        model.setMetadata(METADATA_KEY, JSONExt.deepCopy(value));
-      }
+    const json = asJSON(value);
+    // JSONExt.deepEqual throws on undefined: compare only with a value that is there.
+    const current = model.getMetadata(METADATA_KEY);
+    if (current === undefined || !JSONExt.deepEqual(current, json)) {
+      model.setMetadata(METADATA_KEY, JSONExt.deepCopy(json));
     }
   }
 
-  private send(comm: Kernel.IComm, data: JSONObject): void {
+  private send(comm: Kernel.IComm, message: IFrontendMessage): void {
     if (comm.isDisposed) {
       this.comms.delete(comm);
       return;
     }
     try {
-      comm.send(data);
+      comm.send(asJSON(message));
     } catch {
       this.comms.delete(comm);
     }
   }
 
-  private sendAll(data: JSONObject): void {
+  private sendAll(data: IFrontendMessage): void {
     for (const comm of [...this.comms]) {
       this.send(comm, data);
     }
@@ -235,7 +240,7 @@ export class NotebookLink {
   private kernel: Kernel.IKernelConnection | null = null;
   private comms = new Set<Kernel.IComm>();
   private reopening = false;
-  private _messageReceived = new Signal<NotebookLink, JSONObject>(this);
+  private _messageReceived = new Signal<NotebookLink, IPanelUpdate>(this);
   private _connectionChanged = new Signal<NotebookLink, void>(this);
   private _disposed = new Signal<NotebookLink, void>(this);
 }
@@ -258,6 +263,5 @@ export class NotebookLinks {
 /** The token of the notebook links (provided by the metadata plugin). */
 export const INotebookLinks = new Token<NotebookLinks>(
   'lmchat-jupyter:INotebookLinks',
-  'The comm between each notebook and its kernel\'s lmchat.'
+  "The comm between each notebook and its kernel's lmchat."
 );
-

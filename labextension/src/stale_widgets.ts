@@ -2,11 +2,14 @@ import type { ICodeCellModel } from '@jupyterlab/cells';
 import { NotebookPanel } from '@jupyterlab/notebook';
 import { Kernel } from '@jupyterlab/services';
 
+import { CHAT_WIDGET_MIME, is } from './protocol';
+
 const WIDGET_MIME = 'application/vnd.jupyter.widget-view+json';
 /** ipywidgets' comm target: one comm per widget model alive in the kernel. */
 const WIDGET_TARGET = 'jupyter.widget';
-/** How the kernel's text for a chat widget starts (lmchat_jupyter/widget.py, PLAIN). */
-const CHAT_WIDGET_TEXT = 'Chat widget on conversation';
+/** What a chat widget output without its own text says instead. */
+const STALE_TEXT =
+  'This chat widget belonged to a previous kernel: run this cell again.';
 
 function plainText(value: unknown): string | null {
   if (typeof value === 'string') {
@@ -16,10 +19,11 @@ function plainText(value: unknown): string | null {
 }
 
 /**
- * Replace each chat widget output whose widget the kernel no longer has (it
- * belonged to a previous kernel) with the widget's own text, which says to run
- * the cell again. Left alone, ipywidgets would show "Error displaying widget:
- * model not found" there.
+ * Replace each chat widget output (the kernel marks them with
+ * CHAT_WIDGET_MIME) whose widget the kernel no longer has (it belonged to a
+ * previous kernel) with the widget's own text, which says to run the cell
+ * again. Left alone, ipywidgets would show "Error displaying widget: model not
+ * found" there.
  */
 export async function retireStaleChatWidgets(
   panel: NotebookPanel
@@ -46,19 +50,17 @@ export async function retireStaleChatWidgets(
     for (let i = 0; i < outputs.length; i++) {
       const data = outputs.get(i).data;
       const view = data[WIDGET_MIME] as { model_id?: unknown } | undefined;
-      const text = plainText(data['text/plain']);
       if (
         !view ||
         typeof view.model_id !== 'string' ||
-        text === null ||
-        !text.startsWith(CHAT_WIDGET_TEXT) ||
+        !is('ChatWidgetMarker', data[CHAT_WIDGET_MIME]) ||
         alive.has(view.model_id)
       ) {
         continue;
       }
       outputs.set(i, {
         output_type: 'display_data',
-        data: { 'text/plain': text },
+        data: { 'text/plain': plainText(data['text/plain']) ?? STALE_TEXT },
         metadata: {}
       });
     }

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from lmchat_jupyter import session_format
+from lmchat_jupyter.engine.session import container as session_format
 
 PREFIX = session_format.PREFIX
 ALIGN = session_format.ALIGN

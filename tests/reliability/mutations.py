@@ -38,7 +38,10 @@ from typing import Any
 
 import numpy as np
 
-from lmchat_jupyter import session, session_format, session_records, signing
+from lmchat_jupyter.core import signing
+from lmchat_jupyter.engine.session import container as session_format
+from lmchat_jupyter.engine.session import records as session_records
+from lmchat_jupyter.engine.session.history_patches import history_in
 
 from .forge import KvLayout, Layout, digest, forge, patch, reseal, table_entry, with_table
 
@@ -607,7 +610,7 @@ def _record_spans(layout: Layout) -> list[RecordSpan]:
         spans = []
         for record in scan.records:
             _, _, head_len = struct.unpack_from("<8sII", blob, record.start)
-            history = session.history_in(view[: record.start + record.length])
+            history = history_in(view[: record.start + record.length])
             assert history is not None
             data_start = record.start + 16 + head_len + 8 + (-(16 + head_len + 8)) % 64
             sections = {e["name"]: (data_start + e["offset"], e["length"]) for e in record.header["sections"]}
@@ -622,7 +625,7 @@ def _messages_before(layout: Layout, spans: list[RecordSpan], index: int) -> int
     if index > 0:
         return spans[index - 1].messages
     with memoryview(layout.blob) as view:
-        history = session.history_in(view[: spans[0].start])
+        history = history_in(view[: spans[0].start])
     assert history is not None
     return len(history)
 

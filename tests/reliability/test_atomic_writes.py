@@ -11,8 +11,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from lmchat_jupyter.atomic import TEMP_SUFFIX, atomic_write
-from lmchat_jupyter.errors import StorageError
+from lmchat_jupyter.core.atomic import TEMP_SUFFIX, atomic_write
+from lmchat_jupyter.core.errors import StorageError
 
 
 def test_two_writers_of_one_file_never_mix(tmp_path: Path) -> None:

@@ -36,11 +36,14 @@ from pathlib import Path
 
 import pytest
 
-from lmchat_jupyter import ModelSettings, session, session_format, session_records
-from lmchat_jupyter.atomic import TEMP_SUFFIX
-from lmchat_jupyter.conversation import Progress
-from lmchat_jupyter.sidecar import Sidecar
-from lmchat_jupyter.store import ChatStore
+from lmchat_jupyter import ModelSettings
+from lmchat_jupyter.core.atomic import TEMP_SUFFIX
+from lmchat_jupyter.engine.conversation import Progress
+from lmchat_jupyter.engine.session import container as session_format
+from lmchat_jupyter.engine.session import records as session_records
+from lmchat_jupyter.engine.session.history_patches import history_in
+from lmchat_jupyter.storage.sidecar import Sidecar
+from lmchat_jupyter.storage.store import ChatStore
 
 from ..kernel_driver import KernelDriver, notebook_file
 
@@ -61,7 +64,7 @@ QUESTIONS = (
 MAX_TEMP_AFTER_KILL = 2
 SETTINGS = ModelSettings(n_ctx=4096)
 HISTORY_EXPR = "[[m.role, m.content] for m in __import__('lmchat_jupyter').current().history]"
-STORE_EXPR = "__import__('lmchat_jupyter.kernel').kernel.chats().store"
+STORE_EXPR = "__import__('lmchat_jupyter.notebook.kernel').notebook.kernel.chats().store"
 STATUS = re.compile(r"^lmchat: restored default: (\d+) messages, (\d+) tokens — (.*)$", re.MULTILINE)
 
 
@@ -104,7 +107,7 @@ def session_turns(path: Path) -> tuple[int, bool]:
             record.release()
         for section in base.sections.values():
             section.release()
-        history = session.history_in(view[: scan.end])
+        history = history_in(view[: scan.end])
     assert history is not None
     return history.user_message_count, scan.problem is not None
 

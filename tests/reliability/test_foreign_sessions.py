@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from lmchat_jupyter import ChatHistory, Conversation, Model, ModelSettings, SessionMismatchError, load_model
-from lmchat_jupyter.llama_local import positions
+from lmchat_jupyter.backends.local.llama import positions
 
 from .forge import reseal, split
 

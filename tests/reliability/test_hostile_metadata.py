@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from lmchat_jupyter import ChatHistory, HistoryFormatError
-from lmchat_jupyter.metadata import MAX_CONVERSATIONS, parse_metadata, read_notebook_metadata
-from lmchat_jupyter.sidecar import sidecar_for
+from lmchat_jupyter.storage.metadata import MAX_CONVERSATIONS, parse_metadata, read_notebook_metadata
+from lmchat_jupyter.storage.sidecar import sidecar_for
 
 from ..kernel_driver import KernelDriver, notebook_file
 

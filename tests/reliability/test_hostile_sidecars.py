@@ -31,8 +31,8 @@ from pathlib import Path
 import pytest
 
 from lmchat_jupyter import Conversation, Model
-from lmchat_jupyter.model_specs import default_model_path
-from lmchat_jupyter.sidecar import sidecar_for
+from lmchat_jupyter.backends.specs import default_model_path
+from lmchat_jupyter.storage.sidecar import sidecar_for
 
 from ..kernel_driver import KernelDriver, notebook_file
 from .hostile_sidecars import QUICK, SIDECAR, HostileCase, all_cases, can_make_devices, make_victim, snapshot

@@ -34,7 +34,7 @@ import pytest
 
 import lmchat_jupyter
 from lmchat_jupyter import Conversation, Model, load_model
-from lmchat_jupyter.llama_local import positions
+from lmchat_jupyter.backends.local.llama import positions
 
 SYSTEM = "You are a helpful assistant. Answer briefly."
 FIRST = "My name is Ada and I like red apples."
@@ -406,7 +406,7 @@ def test_sigint_from_another_process(refs: References, tmp_path: Path) -> None:
 
 
 def test_the_gate_holds_sigint_until_a_safe_point() -> None:
-    from lmchat_jupyter import interrupts
+    from lmchat_jupyter.core import interrupts
 
     with pytest.raises(KeyboardInterrupt), interrupts.held():
         signal.raise_signal(signal.SIGINT)
@@ -423,7 +423,7 @@ def test_the_gate_holds_sigint_until_a_safe_point() -> None:
 
 
 def test_the_gate_hands_the_signal_to_the_handler_it_found() -> None:
-    from lmchat_jupyter import interrupts
+    from lmchat_jupyter.core import interrupts
 
     seen: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
@@ -441,7 +441,7 @@ def test_the_gate_hands_the_signal_to_the_handler_it_found() -> None:
 
 
 def test_the_gate_does_nothing_off_the_main_thread() -> None:
-    from lmchat_jupyter import interrupts
+    from lmchat_jupyter.core import interrupts
 
     handlers: list[object] = []
 

@@ -22,8 +22,8 @@ from lmchat_jupyter import (
     SessionCorruptError,
     SessionMismatchError,
 )
-from lmchat_jupyter.llama_local import positions
-from lmchat_jupyter.session_format import read_header
+from lmchat_jupyter.backends.local.llama import positions
+from lmchat_jupyter.engine.session.container import read_header
 
 from .forge import KvLayout, Layout, forge, patch, reseal, split
 
@@ -244,7 +244,8 @@ def test_a_restored_state_is_checked_by_its_first_evaluation(
 def test_large_sections_are_checked_block_by_block() -> None:
     """A section of 8 MiB or more carries one checksum per 4 MiB block, checked on several cores:
     damage in any block, and a block table that does not fit the section, are caught."""
-    from lmchat_jupyter import section_checks, session_format
+    from lmchat_jupyter.engine.session import checks as section_checks
+    from lmchat_jupyter.engine.session import container as session_format
 
     rng = np.random.default_rng(7)
     kv = rng.integers(0, 256, 9 * 1024 * 1024 + 123, dtype=np.uint8).tobytes()

@@ -25,10 +25,10 @@ from lmchat_jupyter import (
     SessionCorruptError,
     UnsafeFileError,
 )
-from lmchat_jupyter.safe_files import read_bounded
-from lmchat_jupyter.session_format import read_header
-from lmchat_jupyter.sidecar import Sidecar, check_name
-from lmchat_jupyter.store import ChatStore
+from lmchat_jupyter.core.safe_files import read_bounded
+from lmchat_jupyter.engine.session.container import read_header
+from lmchat_jupyter.storage.sidecar import Sidecar, check_name
+from lmchat_jupyter.storage.store import ChatStore
 
 from .forge import forge, split
 from .hostile_sidecars import put_hostile

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lmchat_jupyter import ChatHistory, Conversation, Model, load_model
-from lmchat_jupyter.llama_local import positions
+from lmchat_jupyter.backends.local.llama import positions
 
 GREEDY = {"temperature": 0.0, "max_tokens": 8}
 FACTS = (

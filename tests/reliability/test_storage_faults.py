@@ -26,9 +26,9 @@ from typing import Any
 import pytest
 
 from lmchat_jupyter import ModelSettings
-from lmchat_jupyter.atomic import TEMP_SUFFIX
-from lmchat_jupyter.sidecar import Sidecar
-from lmchat_jupyter.store import ChatStore
+from lmchat_jupyter.core.atomic import TEMP_SUFFIX
+from lmchat_jupyter.storage.sidecar import Sidecar
+from lmchat_jupyter.storage.store import ChatStore
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = ModelSettings(n_ctx=1024, n_threads=1)
@@ -61,9 +61,9 @@ CHILD = r"""
 import hashlib, json, resource, signal, sys
 from pathlib import Path
 from lmchat_jupyter import ModelSettings, StorageError
-from lmchat_jupyter.atomic import TEMP_SUFFIX
-from lmchat_jupyter.sidecar import Sidecar
-from lmchat_jupyter.store import ChatStore
+from lmchat_jupyter.core.atomic import TEMP_SUFFIX
+from lmchat_jupyter.storage.sidecar import Sidecar
+from lmchat_jupyter.storage.store import ChatStore
 
 folder, limits = Path(sys.argv[1]), json.loads(sys.argv[2])
 told = []

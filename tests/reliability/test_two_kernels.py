@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from lmchat_jupyter import ModelSettings
-from lmchat_jupyter.sidecar import Sidecar
-from lmchat_jupyter.store import ChatStore
+from lmchat_jupyter.storage.sidecar import Sidecar
+from lmchat_jupyter.storage.store import ChatStore
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = ModelSettings(n_ctx=4096, n_threads=1)
@@ -32,8 +32,8 @@ SECOND_KERNEL = r"""
 import json, sys
 from pathlib import Path
 from lmchat_jupyter import Conversation, LmchatError, ModelSettings, load_model
-from lmchat_jupyter.sidecar import Sidecar
-from lmchat_jupyter.store import ChatStore
+from lmchat_jupyter.storage.sidecar import Sidecar
+from lmchat_jupyter.storage.store import ChatStore
 
 folder = Path(sys.argv[1])
 told = []

@@ -4,12 +4,20 @@ import {
   MessageFooterSectionProps,
   TooltippedIconButton
 } from '@jupyter/chat';
-import { copyIcon, LabIcon, refreshIcon } from '@jupyterlab/ui-components';
+import {
+  checkIcon,
+  copyIcon,
+  LabIcon,
+  refreshIcon
+} from '@jupyterlab/ui-components';
 import React from 'react';
 
 import { KernelChatModel } from './model';
 
 const h = React.createElement;
+
+/** How long "Copied" shows after a copy. */
+const COPIED_MS = 2000;
 
 /** What the marker says for each way an answer can end early. */
 const ENDINGS: Record<string, string> = {
@@ -40,13 +48,19 @@ export function statsText(
 /** Left of each answer: its stats and, when it ended early, a marker saying how. */
 function AnswerStats(props: MessageFooterSectionProps): React.ReactElement {
   const info = props.message.metadata?.lmchat;
+  // A message saved without its time shows none (the stylesheet hides the header's, by this class).
+  const className =
+    info && !info.streaming && typeof info.time !== 'number'
+      ? 'lmchat-panel-stats lmchat-panel-notime'
+      : 'lmchat-panel-stats';
   if (!info || info.role !== 'assistant' || info.streaming) {
-    return h('div');
+    return h('div', { className });
   }
   const ending = info.finish_reason ? ENDINGS[info.finish_reason] : undefined;
+  const stats = statsText(info.tokens, info.tokens_per_second, info.seconds);
   return h(
     'div',
-    { className: 'lmchat-panel-stats' },
+    { className, title: [ending, stats].filter(Boolean).join(' · ') },
     ending
       ? h(
           'span',
@@ -57,11 +71,7 @@ function AnswerStats(props: MessageFooterSectionProps): React.ReactElement {
           ending
         )
       : null,
-    h(
-      'span',
-      null,
-      statsText(info.tokens, info.tokens_per_second, info.seconds)
-    )
+    h('span', { className: 'lmchat-panel-numbers' }, stats)
   );
 }
 
@@ -72,11 +82,27 @@ function MessageActions(props: MessageFooterSectionProps): React.ReactElement {
     return h('div');
   }
   const model = props.model as KernelChatModel;
+  const [copied, setCopied] = React.useState<boolean | null>(null);
+  React.useEffect(() => {
+    if (copied === null) {
+      return;
+    }
+    const timer = window.setTimeout(() => setCopied(null), COPIED_MS);
+    return () => window.clearTimeout(timer);
+  }, [copied]);
   const copy = () => {
-    void navigator.clipboard.writeText(info.content);
+    navigator.clipboard.writeText(info.content).then(
+      () => setCopied(true),
+      () => setCopied(false)
+    );
   };
   const buttons = [
-    iconButton('Copy message', 'lmchat-panel-copy', copyIcon, copy)
+    iconButton(
+      copied ? 'Copied' : 'Copy message',
+      'lmchat-panel-copy',
+      copied ? checkIcon : copyIcon,
+      copy
+    )
   ];
   if (info.last_answer) {
     buttons.push(
@@ -85,7 +111,15 @@ function MessageActions(props: MessageFooterSectionProps): React.ReactElement {
       )
     );
   }
-  return h('div', { className: 'lmchat-panel-actions' }, ...buttons);
+  const feedback =
+    copied === null
+      ? null
+      : h(
+          'span',
+          { className: 'lmchat-panel-copied', role: 'status' },
+          copied ? 'Copied' : 'Copy failed'
+        );
+  return h('div', { className: 'lmchat-panel-actions' }, feedback, ...buttons);
 }
 
 /** A small icon button with a tooltip, as @jupyter/chat's own. */

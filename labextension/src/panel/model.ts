@@ -7,41 +7,19 @@ import {
   INewMessage,
   IUser
 } from '@jupyter/chat';
-import { JSONObject } from '@lumino/coreutils';
 import { ISignal, Signal } from '@lumino/signaling';
 
-/** One message as the kernel describes it (see lmchat_jupyter/panel_comm.py). */
-export interface IKernelMessage {
-  id: string;
-  role: 'user' | 'assistant';
-  content: string;
-  time?: number;
-  finish_reason?: string;
-  tokens?: number;
-  tokens_per_second?: number;
-  seconds?: number;
-}
+import { IPanelMessage, IPanelRequest, IPanelState } from '../protocol';
 
-/** The kernel's `panel_state` message. */
-export interface IPanelState {
-  name: string;
-  names: string[];
-  active: string;
-  messages: IKernelMessage[];
-  generating: boolean;
-  panel_turn: boolean;
-  partial?: string | null;
-  model: string | null;
-  /** The history is the notebook's, evaluated at the next message. */
-  waiting?: boolean;
-  tokens?: number;
-  n_ctx?: number;
-}
+/** A panel request without its `type` and `name` (the conversation shown), which the panel adds. */
+export type PanelAction = Without<IPanelRequest, 'type' | 'name'>;
+/** `Omit` for each type of a union. */
+type Without<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;
 
 /** What the model needs from the notebook's link to its kernel. */
 export interface IKernelRequests {
-  /** Send a panel request (`{type: 'panel', action, name, ...}`); false without lmchat. */
-  request(action: string, extra?: JSONObject): boolean;
+  /** Send a panel request on the conversation shown; false without lmchat. */
+  request(action: PanelAction): boolean;
   /** Interrupt the kernel: the way to stop an answer a `%%chat` cell is generating. */
   interrupt(): void;
   /** Whether the kernel is running a cell (it reads no comm message until the cell ends). */
@@ -67,7 +45,7 @@ const STREAM_ID = 'lmchat-stream';
 /** What a message's footer shows: the kernel's message, and whether it is the last answer. */
 declare module '@jupyter/chat' {
   interface IMessageMetadata {
-    lmchat?: IKernelMessage & { last_answer?: boolean; streaming?: boolean };
+    lmchat?: IPanelMessage & { last_answer?: boolean; streaming?: boolean };
   }
 }
 
@@ -119,7 +97,7 @@ export class KernelChatModel extends AbstractChatModel {
       return false;
     }
     this.error = '';
-    return this.kernel.request('send', { text });
+    return this.kernel.request({ action: 'send', text });
   }
 
   /** Edit and resend a user message: the conversation goes back to it. */
@@ -129,12 +107,18 @@ export class KernelChatModel extends AbstractChatModel {
       return false;
     }
     this.error = '';
-    return this.kernel.request('edit', { id, text });
+    return this.kernel.request({ action: 'edit', id, text });
+  }
+
+  /** How the panel's turns answer from now on (the kernel keeps it, and says so in its next state). */
+  setOptions(options: { temperature?: number; max_tokens?: number }): boolean {
+    this.error = '';
+    return this.kernel.request({ action: 'options', ...options });
   }
 
   regenerate(): void {
     this.error = '';
-    this.kernel.request('regenerate');
+    this.kernel.request({ action: 'regenerate' });
   }
 
   stop(): void {
@@ -144,7 +128,7 @@ export class KernelChatModel extends AbstractChatModel {
       this.kernel.interrupt();
     }
     // The panel's and the widget's turns run beside the kernel's main thread: they read this.
-    this.kernel.request('stop');
+    this.kernel.request({ action: 'stop' });
   }
 
   createChatContext(): IChatContext {
@@ -187,16 +171,15 @@ export class KernelChatModel extends AbstractChatModel {
     this.updateWriters([{ user: ASSISTANT, messageID: STREAM_ID }]);
   }
 
-  private toContent(m: IKernelMessage, lastAnswer: boolean): IMessageContent {
+  private toContent(m: IPanelMessage, lastAnswer: boolean): IMessageContent {
     const known = typeof m.time === 'number' && m.time > 0;
     return {
       type: 'msg',
       id: m.id,
       body: m.content,
       sender: m.role === 'user' ? USER : ASSISTANT,
-      // A message from before times were kept: shown as unverified (`*`).
-      time: known ? (m.time as number) : Date.now() / 1000,
-      raw_time: !known,
+      // A message saved without its time shows none (see AnswerStats), not the time it was loaded.
+      time: known ? (m.time as number) : 0,
       metadata: { lmchat: { ...m, last_answer: lastAnswer } }
     };
   }

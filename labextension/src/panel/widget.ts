@@ -9,16 +9,21 @@ import { IThemeManager } from '@jupyterlab/apputils';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { LabIcon, stopIcon } from '@jupyterlab/ui-components';
-import { JSONObject } from '@lumino/coreutils';
 import { Message } from '@lumino/messaging';
 import { Panel, Widget } from '@lumino/widgets';
 import React from 'react';
 
 import { Context, NotebookLink } from '../link';
+import { IPanelState, IPanelUpdate } from '../protocol';
 import { footerRegistry, iconButton } from './footer';
-import { IPanelState, KernelChatModel } from './model';
+import { noImages } from './images';
+import { KernelChatModel, PanelAction } from './model';
 
 const LOAD_CODE = '%load_ext lmchat';
+/** The message box's hint (@jupyter/chat's own speaks of mentions, which this chat has none of). */
+const PLACEHOLDER = 'Message the notebook’s model';
+/** How near the end (px) the messages must be scrolled for the panel to follow a growing answer. */
+const FOLLOW_SLACK = 40;
 
 const chatIcon = new LabIcon({
   name: 'lmchat-jupyter:chat',
@@ -75,7 +80,7 @@ class NotebookChat {
   ) {
     this.model = new KernelChatModel(
       {
-        request: (action, extra) => this.request(action, extra),
+        request: action => this.request(action),
         interrupt: () => void link.currentKernel?.interrupt(),
         busy: () => link.currentKernel?.status === 'busy'
       },
@@ -92,7 +97,7 @@ class NotebookChat {
     );
     this.view = new ChatWidget({
       model: this.model,
-      rmRegistry: options.rendermime,
+      rmRegistry: noImages(options.rendermime),
       themeManager: options.themeManager,
       inputToolbarRegistry: inputToolbar(),
       messageFooterRegistry: footerRegistry(),
@@ -101,6 +106,15 @@ class NotebookChat {
     link.messageReceived.connect(this.onMessage, this);
     link.connectionChanged.connect(this.onConnection, this);
     this.kernel = link.currentKernel;
+    // The user's scrolling decides whether the panel follows; scroll events do not bubble, hence capture.
+    this.view.node.addEventListener('scroll', this.onScroll, true);
+    this.observer.observe(this.view.node, {
+      subtree: true,
+      childList: true,
+      characterData: true,
+      attributes: true,
+      attributeFilter: ['placeholder']
+    });
     // The kernel follows the conversation for the panel from now on (and says whether lmchat is loaded).
     link.post({ type: 'panel', action: 'sync' });
   }
@@ -112,12 +126,18 @@ class NotebookChat {
   readonly model: KernelChatModel;
   readonly view: ChatWidget;
 
-  request(action: string, extra: JSONObject = {}): boolean {
+  request(action: PanelAction): boolean {
+    if (
+      action.action === 'send' ||
+      action.action === 'regenerate' ||
+      action.action === 'edit'
+    ) {
+      this.following = true; // a turn the user starts is shown as it comes
+    }
     const sent = this.link.post({
       type: 'panel',
-      action,
-      ...(this.name ? { name: this.name } : {}),
-      ...extra
+      ...action,
+      ...(this.name ? { name: this.name } : {})
     });
     if (!sent) {
       this.model.error = `lmchat is not loaded in this kernel: run ${LOAD_CODE} first.`;
@@ -129,7 +149,7 @@ class NotebookChat {
     if (name !== this.name) {
       this.name = name;
       this.model.error = '';
-      this.request('sync');
+      this.request({ action: 'sync' });
     }
   }
 
@@ -143,17 +163,19 @@ class NotebookChat {
   }
 
   dispose(): void {
+    this.observer.disconnect();
+    this.view.node.removeEventListener('scroll', this.onScroll, true);
     this.link.messageReceived.disconnect(this.onMessage, this);
     this.link.connectionChanged.disconnect(this.onConnection, this);
     this.view.dispose();
     this.model.dispose();
   }
 
-  private onMessage(_: NotebookLink, data: JSONObject): void {
+  private onMessage(_: NotebookLink, data: IPanelUpdate): void {
     const wasLoaded = this.loaded;
     this.loaded = true;
     if (data.type === 'panel_state') {
-      const state = data as unknown as IPanelState;
+      const state = data;
       if (this.name === null) {
         this.name = state.name;
       }
@@ -165,12 +187,12 @@ class NotebookChat {
       }
       if (!wasLoaded) {
         // lmchat was loaded (or the kernel restarted): have the kernel follow the conversation.
-        this.request('sync');
+        this.request({ action: 'sync' });
       }
     } else if (data.type === 'panel_stream' && data.name === this.name) {
-      this.model.applyStream(String(data.text ?? ''));
+      this.model.applyStream(data.text);
     } else if (data.type === 'panel_error' && data.name === this.name) {
-      this.model.error = String(data.text ?? '');
+      this.model.error = data.text;
     }
     if (!wasLoaded) {
       this.changed();
@@ -179,12 +201,48 @@ class NotebookChat {
 
   private onConnection(): void {
     const kernel = this.link.currentKernel;
-    const loaded =
-      this.loaded && this.link.connected && kernel === this.kernel;
+    const loaded = this.loaded && this.link.connected && kernel === this.kernel;
     this.kernel = kernel;
     this.loaded = loaded;
     this.changed();
   }
+
+  /** The element that scrolls the messages. */
+  private get scroller(): HTMLElement | null {
+    return this.view.node.querySelector(
+      '[id^="jupyter-chat-scroll-container-"]'
+    );
+  }
+
+  private onScroll = (event: Event): void => {
+    const scroller = this.scroller;
+    if (scroller && event.target === scroller) {
+      this.following =
+        scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight <=
+        FOLLOW_SLACK;
+    }
+  };
+
+  /** The chat changed its DOM: keep the newest text in view while following, and lmchat's hint. */
+  private onMutation = (): void => {
+    for (const box of Array.from(
+      this.view.node.querySelectorAll<HTMLTextAreaElement>(
+        'textarea[placeholder]'
+      )
+    )) {
+      if (box.placeholder.includes('@ to mention')) {
+        box.placeholder = PLACEHOLDER;
+      }
+    }
+    const scroller = this.scroller;
+    if (this.following && scroller) {
+      scroller.scrollTop = scroller.scrollHeight;
+    }
+  };
+
+  /** Whether the panel keeps the end of the conversation in view as it grows. */
+  private following = true;
+  private observer = new MutationObserver(this.onMutation);
 
   /** Called when `loaded` or the kernel changes. */
   changed: () => void = () => undefined;
@@ -208,6 +266,9 @@ export class ChatPanel extends Panel {
       '<div class="lmchat-panel-title"><span class="lmchat-panel-notebook"></span>' +
       '<select class="lmchat-panel-picker" aria-label="Conversation"></select></div>' +
       '<div class="lmchat-panel-status"></div>' +
+      '<div class="lmchat-panel-options" title="How the panel’s answers are generated: as the last %%chat cell asked, until changed here">' +
+      '<label>temperature <input class="lmchat-panel-temperature" type="number" min="0" max="2" step="0.1"></label>' +
+      '<label>max tokens <input class="lmchat-panel-max-tokens" type="number" min="1" max="32768" step="1"></label></div>' +
       '<div class="lmchat-panel-error" role="alert"></div>' +
       '<div class="lmchat-panel-unloaded"><p>lmchat is not loaded in this notebook’s kernel.</p>' +
       `<button class="jp-Button jp-mod-styled jp-mod-accept lmchat-panel-load">Load lmchat (${LOAD_CODE})</button></div>`;
@@ -222,6 +283,19 @@ export class ChatPanel extends Panel {
     this.find('.lmchat-panel-load').addEventListener('click', () =>
       this.current?.load()
     );
+    for (const [selector, key] of [
+      ['.lmchat-panel-temperature', 'temperature'],
+      ['.lmchat-panel-max-tokens', 'max_tokens']
+    ] as const) {
+      const input = this.find(selector) as HTMLInputElement;
+      input.addEventListener('change', () => {
+        if (input.value !== '' && input.checkValidity()) {
+          this.current?.model.setOptions({ [key]: Number(input.value) });
+        } else {
+          this.render(); // back to the value in use
+        }
+      });
+    }
     options.tracker.currentChanged.connect(this.follow, this);
   }
 
@@ -293,7 +367,7 @@ export class ChatPanel extends Panel {
     const unloaded = this.find('.lmchat-panel-unloaded');
     const state = chat?.model.state ?? null;
     notebook.textContent = chat
-      ? chat.link.context.localPath.split('/').pop() ?? ''
+      ? (chat.link.context.localPath.split('/').pop() ?? '')
       : 'No notebook';
     const names = state ? state.names : [];
     this.picker.replaceChildren(
@@ -318,8 +392,23 @@ export class ChatPanel extends Panel {
         : !loaded
           ? ''
           : describe(state, chat.name);
+    const options = this.find('.lmchat-panel-options');
+    options.style.display =
+      chat && hasKernel && loaded && state?.options ? '' : 'none';
+    if (state?.options) {
+      this.setInput('.lmchat-panel-temperature', state.options.temperature);
+      this.setInput('.lmchat-panel-max-tokens', state.options.max_tokens);
+    }
     error.textContent = chat?.model.error ?? '';
     error.style.display = chat?.model.error ? '' : 'none';
+  }
+
+  /** Show `value` in an input, unless the user is typing there. */
+  private setInput(selector: string, value: number): void {
+    const input = this.find(selector) as HTMLInputElement;
+    if (document.activeElement !== input) {
+      input.value = String(value);
+    }
   }
 
   private find(selector: string): HTMLElement {
