@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from lmchat_jupyter.backends.server.llama_client import LlamaServerClient
-from lmchat_jupyter.backends.server.slots import slot_file_name
+from lmchat_jupyter.backends.server.slots import slot_file_names
 from tests.kernel_driver import KernelDriver, notebook_file
 from tests.servers import LlamaServer, llama_server_binary, slot_file_tokens
 
@@ -126,7 +126,8 @@ def conversation(
             kernel.shutdown()
         if not restore and conversation_id is not None:
             # The server reads the history again: the conversation's slot file is gone at every restart.
-            (slot_dir / slot_file_name(conversation_id, url)).unlink(missing_ok=True)
+            for name in slot_file_names(conversation_id, url):
+                (slot_dir / name).unlink(missing_ok=True)
     if reports:
         reports[-1]["conversation_id"] = conversation_id
         reports[-1]["slot_file"] = named[0] if named else None

@@ -2,7 +2,8 @@
 
 JupyterLab runs on localhost; Playwright drives Debian's chromium. The panel offers to load lmchat
 into a kernel without it, shows a %%chat cell's turn as it streams, sends, stops, copies, inserts a
-code block into a new cell, answers again, edits and resends a message, marks stopped and cut answers,
+code block into a new cell (saying "Copied" on a copy), answers again, edits and resends a message, marks
+stopped and cut answers, answers with the last %%chat cell's options until they are changed in the panel,
 follows the current notebook, picks among a notebook's conversations and shows the saved
 conversation again once lmchat is loaded after a kernel restart. The screenshot of the panel
 that the README shows (docs/panel.png) is taken here.

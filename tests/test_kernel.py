@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -177,5 +178,92 @@ def test_magic_usage_errors_and_help(notebook: Path) -> None:
         assert "sidecar:" in info.stdout and "my notes ü.lmchat" in info.stdout
         k.run("%unload_ext lmchat")
         assert "UsageError" in k.run("%%chat\nhi").stderr
+    finally:
+        k.shutdown()
+
+
+def run_and_interrupt(k: KernelDriver, code: str, cell_id: str) -> tuple[str, list[str]]:
+    """Run ``code``, interrupt the kernel (Jupyter's stop) once the answer has begun to stream; what the cell
+    showed (the last text of each output, then any error's traceback lines) and the error's traceback."""
+    msg_id = k.send(code, cell_id)
+    shown: dict[str, str] = {}
+    traceback: list[str] = []
+    interrupted = False
+    while True:
+        reply = k.kc.get_iopub_msg(timeout=120)
+        if reply["parent_header"].get("msg_id") != msg_id:
+            continue
+        kind, body = reply["msg_type"], reply["content"]
+        if kind in ("display_data", "update_display_data"):
+            key = (body.get("transient") or {}).get("display_id") or str(len(shown))
+            shown[key] = body["data"].get("text/markdown") or body["data"].get("text/plain", "")
+            if kind == "update_display_data" and shown[key].strip(" ▌\n") and not interrupted:
+                k.km.interrupt_kernel()
+                interrupted = True
+        elif kind == "stream":
+            shown[f"stream-{len(shown)}"] = body["text"]
+        elif kind == "error":
+            traceback = list(body["traceback"])
+            shown["error"] = f"{body['ename']}: {body['evalue']}"
+        elif kind == "status" and body["execution_state"] == "idle":
+            break
+    assert interrupted
+    k.kc.get_shell_msg(timeout=30)
+    return "\n".join([*shown.values(), *traceback]), traceback
+
+
+def test_a_stopped_answer_ends_in_one_line_and_keeps_its_tokens(notebook: Path) -> None:
+    k = KernelDriver(notebook, notebook.parent)
+    try:
+        assert k.run("%load_ext lmchat").error is None
+        code = "%%chat --temperature 0.8 --seed 1 --max-tokens 4000\nWrite a very long story about the sea."
+        text, traceback = run_and_interrupt(k, code, "long")
+        assert traceback and len(traceback) == 1, traceback
+        kept = k.value(current(".history[-1].meta"))
+        assert kept.get("finish_reason") == "interrupted", kept
+        n = kept["tokens"]
+        assert n > 0 and traceback[0] == f"stopped · {n} token{'s' * (n != 1)} kept", traceback
+        assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+        assert k.value(current(".history[-1].content")) in text
+        # The kernel goes on: the next cell answers after the kept partial answer.
+        assert k.run(CHAT + "Thanks.", cell_id="next").error is None
+        assert k.value(current(".info.user_message_count")) == 2
+    finally:
+        k.shutdown()
+
+
+def current(expression: str) -> str:
+    return f"__import__('lmchat_jupyter').current(){expression}"
+
+
+def test_bad_values_and_paths_are_refused_before_anything_runs(notebook: Path, tmp_path: Path) -> None:
+    k = KernelDriver(notebook, notebook.parent)
+    try:
+        assert k.run("%load_ext lmchat").error is None
+        assert k.run(CHAT + PROMPTS["c1"], cell_id="c1").error is None
+        before = k.value(current(".history.as_chat_messages()"))
+        negative = k.run("%%chat --max-tokens -5\nhello", cell_id="c2")
+        assert negative.stderr.startswith("UsageError: %%chat: argument --max-tokens: -5 is out of range"), negative
+        assert negative.displays == [] and k.value(current(".history.as_chat_messages()")) == before
+        empty = k.run('%chat use ""')
+        assert "is not a valid conversation name: use 1-64 letters" in empty.stderr, empty.text
+        assert "conversation: default" in k.run("%chat info").stdout
+        many = k.run("%chat rewind 999")
+        assert many.stderr.strip() == (
+            "UsageError: %chat rewind 999: 'default' has 1 turn, so N is at most 1 (%chat clear drops them all)"
+        ), many.text
+        assert k.value(current(".history.as_chat_messages()")) == before
+        # A path the user typed gets advice about the user's file, never to delete or remove it.
+        os.mkfifo(tmp_path / "pipe")
+        for path, why in (
+            ("/etc/passwd", "/etc/passwd is not an lmchat session file (it does not start with"),
+            ("/dev/zero", "/dev/zero is a character device, not a file; nothing was loaded"),
+            (str(tmp_path / "pipe"), "is a FIFO (named pipe), not a file; nothing was loaded"),
+            (str(tmp_path), "is a folder, not a file; nothing was loaded"),
+        ):
+            said = k.run(f"%chat load '{path}'").stderr
+            assert why in said and "nothing was loaded" in said, said
+            assert "delete" not in said and "remove" not in said.lower(), said
+        assert k.value(current(".history.as_chat_messages()")) == before
     finally:
         k.shutdown()

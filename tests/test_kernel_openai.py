@@ -7,6 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from lmchat_jupyter.backends.server.probe import probe_server
+from lmchat_jupyter.core.errors import ServerAuthError
+from lmchat_jupyter.ui.report import api_key_note
+
 from .kernel_driver import KernelDriver, notebook_file
 from .servers import TEST_API_KEY, OpenAIServer
 
@@ -68,8 +72,8 @@ def test_a_notebook_chat_on_an_openai_server_comes_back_as_its_history(server: O
     k = KernelDriver(notebook, tmp_path, {"LMCHAT_API_KEY": ""})
     try:
         loaded = k.run("%load_ext lmchat")
-        assert "could not be restored" in loaded.stdout and "refused the API key" in loaded.stdout, loaded.text
-        assert "refused the API key" in k.run(chat + "What is my name?", cell_id="c3").text
+        assert "could not be restored" in loaded.stdout and "none was sent" in loaded.stdout, loaded.text
+        assert "asked for an API key and none was sent" in k.run(chat + "What is my name?", cell_id="c3").text
         assert k.run(f"%chat config --api-key {TEST_API_KEY}").error is None
         run = k.run(chat + "What is my name?", cell_id="c3")
         assert "not generated again" in run.displays[-1], run.text
@@ -84,3 +88,66 @@ def test_a_notebook_chat_on_an_openai_server_comes_back_as_its_history(server: O
         assert k.value(current(".info.user_message_count")) == 2
     finally:
         k.shutdown()
+
+
+def answer_prompt(k: KernelDriver, code: str, answer: str) -> tuple[dict[str, object], str]:
+    """Run ``code`` with stdin allowed, answer its input request (as JupyterLab's password box does); the request
+    and what the cell printed."""
+    msg_id = k.kc.execute(code, allow_stdin=True)
+    request = k.kc.get_stdin_msg(timeout=60)
+    assert request["msg_type"] == "input_request", request
+    k.kc.input(answer)
+    out = ""
+    while True:
+        reply = k.kc.get_iopub_msg(timeout=60)
+        if reply["parent_header"].get("msg_id") != msg_id:
+            continue
+        if reply["msg_type"] == "stream":
+            out += reply["content"]["text"]
+        elif reply["msg_type"] == "status" and reply["content"]["execution_state"] == "idle":
+            break
+    k.kc.get_shell_msg(timeout=30)
+    return dict(request["content"]), out
+
+
+def test_the_key_asked_for_at_a_password_prompt_is_kept_nowhere(server: OpenAIServer, tmp_path: Path) -> None:
+    notebook = notebook_file(tmp_path, "keyed.ipynb")
+    ipython_dir = tmp_path / "ipython"
+    chat = f"%%chat --model {server.url} --temperature 0 --max-tokens 8\n"
+    k = KernelDriver(notebook, tmp_path, {"LMCHAT_API_KEY": "", "IPYTHONDIR": str(ipython_dir)})
+    try:
+        assert k.run("%load_ext lmchat").error is None
+        refused = k.run(chat + "My name is Ada.", cell_id="c1").text
+        assert "asked for an API key and none was sent" in refused and "refused" not in refused, refused
+        assert "`%chat config --api-key` (it asks for the key" in refused, refused
+        request, out = answer_prompt(k, "%chat config --api-key", TEST_API_KEY)
+        assert request["password"] is True and "API key" in str(request["prompt"]), request
+        assert "api key: set with %chat config --api-key" in out, out
+        assert k.run(chat + "My name is Ada.", cell_id="c1").error is None
+        assert k.value(current(".info.user_message_count")) == 1
+        _, out = answer_prompt(k, "%chat config --api-key", "not-the-key")
+        wrong = k.run(chat + "And again.", cell_id="c2").text
+        assert "refused the API key" in wrong and "none was sent" not in wrong, wrong
+        assert TEST_API_KEY not in str(k.value("list(In)"))
+    finally:
+        k.shutdown()
+    kept = [path for path in tmp_path.rglob("*") if path.is_file()]
+    assert any(path.name == "history.sqlite" for path in kept), kept  # IPython's history was written here
+    assert b"config --api-key" in next(p for p in kept if p.name == "history.sqlite").read_bytes()
+    assert [p for p in kept if TEST_API_KEY.encode() in p.read_bytes()] == []
+
+
+def test_the_key_messages_say_whether_a_key_was_sent_and_to_ask_for_it(
+    server: OpenAIServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LMCHAT_API_KEY", raising=False)
+    with pytest.raises(ServerAuthError) as none:
+        probe_server(server.url, None)
+    with pytest.raises(ServerAuthError) as wrong:
+        probe_server(server.url, "not-the-key")
+    assert "asked for an API key and none was sent" in str(none.value) and "refused" not in str(none.value)
+    assert "refused the API key" in str(wrong.value) and "none was sent" not in str(wrong.value)
+    for said in (str(none.value), str(wrong.value), api_key_note(None)):
+        # The advice is the password prompt: a key typed into a cell stays in IPython's history database.
+        assert "%chat config --api-key" in said and "--api-key KEY" not in said, said
+        assert "asks for it" in said or "asks for the key" in said, said

@@ -63,6 +63,46 @@ def test_hostile_metadata_is_refused_with_a_clear_message(case: str) -> None:
     assert len(str(info.value)) < 300  # a sentence, not a dump of the input
 
 
+def test_one_bad_conversation_never_takes_the_good_ones_with_it() -> None:
+    value = embedded()
+    value["conversations"]["../../evil"] = {"id": "x", "messages": MESSAGES}  # type: ignore[index]
+    value["conversations"]["broken"] = {"id": "y", "messages": [42]}  # type: ignore[index]
+    chats = parse_metadata(value)
+    assert [chat.name for chat in chats] == ["default"] and chats[0].history.message_count == 2
+    assert len(chats.skipped) == 2
+    assert "'../../evil' is not a valid conversation name" in chats.skipped[0]
+    assert "conversation 'broken'" in chats.skipped[1] and all(len(why) < 300 for why in chats.skipped)
+    # Where nothing is left, the whole value is refused, naming what was wrong.
+    with pytest.raises(HistoryFormatError, match="evil.*and 1 more refused"):
+        parse_metadata({"format": 1, "conversations": {"../../evil": {"messages": []}, "a/b": {"messages": []}}})
+
+
+def test_a_valid_conversation_beside_a_bad_one_survives_an_answer_and_a_save(tmp_path: Path) -> None:
+    value = embedded()
+    value["conversations"]["../../evil"] = {"id": "x", "messages": MESSAGES}  # type: ignore[index]
+    notebook = notebook_file(tmp_path, "mixed.ipynb", {"lmchat": value})
+    store = "__import__('lmchat_jupyter.notebook.kernel').notebook.kernel.chats().store"
+    k = KernelDriver(notebook, tmp_path)
+    try:
+        loaded = k.run("%load_ext lmchat")
+        assert loaded.error is None and "Traceback" not in loaded.text, loaded.text
+        assert "'../../evil' is not a valid conversation name" in loaded.stdout, loaded.text
+        assert "That entry is left out" in loaded.stdout and "default: 2 messages" in loaded.stdout, loaded.text
+        answer = k.run("%%chat --temperature 0 --max-tokens 6\nWhat is my name?", cell_id="c2")
+        assert answer.error is None, answer.text
+        k.value(f"{store}.flush() or 1")
+        embedded_now = k.value(
+            f"__import__('lmchat_jupyter.storage.metadata').storage.metadata.build_metadata({store}.conversations)"
+        )
+    finally:
+        k.shutdown()
+    (saved,) = embedded_now["conversations"].values()
+    assert [m["content"] for m in saved["messages"] if m["role"] == "user"] == ["My name is Ada.", "What is my name?"]
+    history = ChatHistory.load(tmp_path / "mixed.lmchat" / "default.history.json")
+    assert [m.content for m in history if m.role == "user"] == ["My name is Ada.", "What is my name?"]
+    assert list(embedded_now["conversations"]) == ["default"]
+
+
 def test_hostile_metadata_in_a_kernel_touches_nothing_outside_the_sidecar(tmp_path: Path) -> None:
     inside = tmp_path / "nb"
     inside.mkdir()
@@ -104,7 +144,9 @@ def test_a_renamed_notebook_takes_its_chats_along(tmp_path: Path) -> None:
         assert (tmp_path / "draft.lmchat" / "default.lmsession").is_file()
         notebook.rename(tmp_path / "final report.ipynb")
         send_comm(k, comm, {"type": "path", "notebook_path": "final report.ipynb"})
-        folder = k.value("str(__import__('lmchat_jupyter.notebook.kernel').notebook.kernel.chats().store.sidecar.folder)")
+        folder = k.value(
+            "str(__import__('lmchat_jupyter.notebook.kernel').notebook.kernel.chats().store.sidecar.folder)"
+        )
         assert folder == str(tmp_path / "final report.lmchat")
         assert k.run("%%chat --temperature 0 --max-tokens 8\nWhat is my name?", cell_id="c2").error is None
         k.value("__import__('lmchat_jupyter.notebook.kernel').notebook.kernel.chats().store.flush() or 1")

@@ -428,12 +428,35 @@ def test_a_cached_hf_file_is_used_without_the_network(hub: Hub, first_download: 
     assert "HF_HUB_OFFLINE is set" in offline[other]["message"]
 
 
-@pytest.mark.slow  # huggingface_hub retries an unreachable Hub for about 25 s before it gives up
-def test_an_unreachable_hub_is_named(hub: Hub) -> None:
+def _silent_endpoint() -> tuple[socket.socket, str]:
+    """A socket that takes connections but never answers (a Hub that hangs), and its address."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    return sock, f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_an_unreachable_hub_fails_at_once_without_retrying(hub: Hub) -> None:
     spec = f"hf:{SMOL_REPO}/never-fetched.gguf"
-    answer = hub.resolve(spec, endpoint=_dead_endpoint())[spec]
-    assert answer["error"] == "ModelNotFoundError"
-    assert "cannot be reached" in answer["message"] and "HF_ENDPOINT" in answer["message"]
+    silent, silent_url = _silent_endpoint()
+    with silent:
+        for endpoint, why in ((_dead_endpoint(), "refused"), (silent_url, "no answer within 3 s")):
+            done = subprocess.run(
+                [sys.executable, "-m", "tests.resolve_specs", spec],
+                env=hub.env(endpoint=endpoint),
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert done.returncode == 0, done.stderr
+            answer = json.loads(done.stdout)
+            assert answer["error"] == "ModelNotFoundError", answer
+            assert answer["message"].startswith(f"{spec} is not in the Hugging Face cache"), answer
+            assert f"the Hub ({endpoint}) cannot be reached" in answer["message"]
+            assert why in answer["message"].lower() and "HF_ENDPOINT" in answer["message"]
+            assert answer["seconds"] < 5, answer
+            assert "Retrying" not in done.stdout + done.stderr, done.stderr
 
 
 def test_hub_errors_say_what_is_wrong(hub: Hub) -> None:

@@ -256,3 +256,32 @@ def test_a_taken_over_folder_gets_the_longer_conversation_under_its_own_name(tmp
             k.shutdown()
     assert users(folder / "default.history.json") == ["My name is Ada.", "Hi.", "Hi again."]
     assert not list(folder.glob("default-kernel*"))  # what was saved beside is in the folder's now
+
+
+def test_a_history_that_cannot_be_evaluated_waits_until_the_user_chooses(tmp_path: Path) -> None:
+    big = "lighthouse " * 12_000  # about 12,000 tokens: more than the default context of 8,192
+    metadata = embedded({"default": [(big, "Noted.")]})
+    notebook = notebook_file(tmp_path, "nb.ipynb", {"lmchat": metadata})
+    folder = tmp_path / "nb.lmchat"
+    build = "__import__('lmchat_jupyter.storage.metadata').storage.metadata.build_metadata"
+    k = KernelDriver(notebook, tmp_path)
+    try:
+        assert k.run("%load_ext lmchat").error is None
+        for i in range(2):  # every use fails the same clear way: no new, empty conversation in its place
+            failed = k.run(CHAT + "Hello.", cell_id=f"c{i}")
+            assert "tokens but" in failed.text and "its history is kept" in failed.text, failed.text
+            assert "%chat clear" in failed.text and "Traceback" not in failed.text, failed.text
+            assert k.value(f"sorted({STORE}.conversations)") == []
+            # The notebook's metadata still carries it, and the sidecar holds it too.
+            kept = k.value(f"{build}({STORE}.conversations, {STORE}.embedded)")
+            assert [m["content"] for m in kept["conversations"]["default"]["messages"]] == [big, "Noted."]
+            assert users(folder / "default.history.json") == [big]
+        # The user chooses to start over: the history is kept beside, and the conversation goes on.
+        cleared = k.run("%chat clear")
+        assert cleared.error is None and "kept as 'default.replaced-" in cleared.stdout, cleared.text
+        assert k.run(CHAT + "Hello.", cell_id="c3").error is None
+    finally:
+        k.shutdown()
+    (copy,) = folder.glob("default.replaced-*.history.json")
+    assert users(copy) == [big]
+    assert users(folder / "default.history.json") == ["Hello."]

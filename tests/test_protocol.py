@@ -172,6 +172,9 @@ def test_every_message_the_kernel_sends_in_a_session(shell: InteractiveShell, mo
     early.receive({"type": "panel", "action": "sync"})
     shell.run_cell_magic("chat", CHAT, "My name is Ada.")
     early.receive({"type": "panel", "action": "send", "text": "   "})  # refused: panel_error
+    options = {"type": "panel", "action": "options", "name": "default", "max_tokens": 6}
+    validate_comm(KERNEL_TARGET, "frontend", "message", options, closed=True)
+    early.receive(options)
     early.receive({"type": "panel", "action": "send", "name": "default", "text": "What is my name?"})
     b.panel.wait(120)
     for embed in ("metadata-only", "off", "full"):
@@ -192,6 +195,7 @@ def test_every_message_the_kernel_sends_in_a_session(shell: InteractiveShell, mo
     states = [data for _t, _e, data in sent if data["type"] == "panel_state"]
     assert any(s["waiting"] and s["name"] == "notes" for s in states)
     assert any(s["generating"] and s["panel_turn"] for s in states)
+    assert any(s.get("options") == {"temperature": 0.0, "max_tokens": 6} for s in states)
 
 
 def test_panel_rows_take_only_the_meta_values_the_schema_allows() -> None:

@@ -16,7 +16,6 @@ from lmchat_jupyter import Conversation, load_model
 from lmchat_jupyter.backends.server.llama_backend import LlamaServerBackend
 from lmchat_jupyter.backends.server.llama_client import LlamaServerClient
 from lmchat_jupyter.backends.server.openai_backend import OpenAIBackend
-from lmchat_jupyter.backends.server.slots import slot_file_name
 from lmchat_jupyter.backends.server.stream import END, TokenStream
 from lmchat_jupyter.core.errors import ServerAuthError, ServerContextTooSmallError, ServerUnreachableError
 from lmchat_jupyter.core.results import GenerationOptions
@@ -65,6 +64,15 @@ def _timings(model: ServerModel) -> dict[str, int]:
     return dict(backend.last_completion["timings"])
 
 
+def _own_file(conv: Conversation) -> str:
+    """The slot file the conversation's newest verified save went into (one of its two names)."""
+    backend = conv.model.backend
+    assert isinstance(backend, LlamaServerBackend)
+    name = backend.slot_keeper.slot_file(conv.history.conversation_id)[0]
+    assert name is not None
+    return name
+
+
 def _erase_all(url: str) -> None:
     client = LlamaServerClient(url)
     for slot in client.slots():
@@ -108,7 +116,7 @@ def test_a_saved_session_resumes_through_its_slot_file(server: LlamaServer) -> N
     conv.submit("And about the mountains?")
     session = conv.save()
     assert session is not None and len(session) < 64_000  # the KV cache stays on the server
-    name = slot_file_name(conv.history.conversation_id, server.url)
+    name = _own_file(conv)
     assert (
         slot_file_tokens(server.slot_dir / name) == conv.cache.tokens[: len(slot_file_tokens(server.slot_dir / name))]
     )
@@ -139,9 +147,7 @@ def test_conversations_taking_turns_on_one_slot_never_see_each_other(one_slot: L
         conv.submit("Say the code word again.")
         # The one slot held the other conversation: this one's own slot file was restored into it.
         assert _timings(model)["prompt_n"] < 40, _timings(model)
-        saved = client.detokenize(
-            slot_file_tokens(one_slot.slot_dir / slot_file_name(conv.history.conversation_id, one_slot.url))
-        )
+        saved = client.detokenize(slot_file_tokens(one_slot.slot_dir / _own_file(conv)))
         assert own in saved and other not in saved
 
 
@@ -173,7 +179,7 @@ def test_a_slot_taken_right_after_an_answer_never_becomes_this_conversation_s_fi
     assert not other.is_alive() and not failures, failures
     sessions = {conv.history.conversation_id: conv.save() for conv in (first, second)}
     for conv, own, intruder in ((first, "PAPAYA", "MANGO"), (second, "MANGO", "PAPAYA")):
-        name = slot_file_name(conv.history.conversation_id, one_slot.url)
+        name = _own_file(conv)
         saved = client.detokenize(slot_file_tokens(one_slot.slot_dir / name))
         assert own in saved and intruder not in saved, (own, saved)
         # Each goes on in a new kernel from its own session and slot file.
@@ -191,7 +197,7 @@ def test_a_fork_starts_from_its_origin_s_slot_file(one_slot: LlamaServer) -> Non
     assert _timings(model)["prompt_n"] < 40, _timings(model)
     fork.save()  # from now on the fork saves to a file of its own
     client = LlamaServerClient(one_slot.url)
-    own = slot_file_tokens(one_slot.slot_dir / slot_file_name(fork.history.conversation_id, one_slot.url))
+    own = slot_file_tokens(one_slot.slot_dir / _own_file(fork))
     assert "PAPAYA" in client.detokenize(own) and len(own) > len(origin.cache.tokens)
 
 

@@ -19,7 +19,9 @@ from lmchat_jupyter.backends.server.slots import (
     SlotClaim,
     choose_slot,
     idle_slots,
+    next_slot_file,
     slot_file_name,
+    slot_file_names,
     user_secret,
 )
 from lmchat_jupyter.core.fingerprint import cache_dir
@@ -59,6 +61,19 @@ def test_names_depend_on_conversation_server_and_secret() -> None:
     assert slot_file_name("abc123", "http://127.0.0.1:8081") != name
     assert slot_file_name("abc123", URL, secret=b"x" * 32) != name
     assert "abc123" not in name
+
+
+def test_a_conversation_saves_into_its_two_files_by_turns() -> None:
+    first, second = slot_file_names("abc123", URL)
+    stem = slot_file_name("abc123", URL).removesuffix(".slot")
+    assert (first, second) == (f"{stem}.a.slot", f"{stem}.b.slot")
+    assert all(SLOT_FILE_NAME.fullmatch(name) for name in (first, second))
+    assert next_slot_file("abc123", URL, None) == first
+    assert next_slot_file("abc123", URL, first) == second
+    assert next_slot_file("abc123", URL, second) == first
+    # An older session's single file, or the file of the conversation a fork started from: never written over.
+    assert next_slot_file("abc123", URL, slot_file_name("abc123", URL)) == first
+    assert next_slot_file("abc123", URL, slot_file_names("origin", URL)[0]) == first
 
 
 def test_a_slot_that_ran_nothing_else_since_is_kept_without_a_restore() -> None:

@@ -9,7 +9,9 @@ tells, and ``registry`` gives it a server's backend instead of a file.
 * ``hf:OWNER/REPO/FILE.gguf`` or ``hf:OWNER/REPO/SUB/DIR/FILE.gguf@REVISION``: a file of a Hugging Face
   Hub repository, downloaded once into the standard Hugging Face cache (``HF_HOME``, ``HF_HUB_CACHE``)
   with huggingface_hub's own progress bar, and from then on used from the cache without the network.
-  ``HF_HUB_OFFLINE=1`` and ``HF_ENDPOINT`` (a mirror) work as they do for every Hub download.
+  ``HF_HUB_OFFLINE=1`` and ``HF_ENDPOINT`` (a mirror) work as they do for every Hub download. A file not
+  cached while the Hub cannot be reached fails within :data:`HUB_PROBE_TIMEOUT` seconds, without
+  huggingface_hub's retries.
 """
 
 from __future__ import annotations
@@ -143,18 +145,17 @@ def _download_from_hub(rest: str) -> Path:
         cached = try_to_load_from_cache(repo_id, filename, revision=revision)
         if isinstance(cached, str) and os.path.exists(cached):
             return Path(cached)
+        if not constants.HF_HUB_OFFLINE:
+            _probe_hub(repo_id, filename, revision, spec)
         # huggingface_hub draws its own progress bar (tqdm.auto: a widget in notebooks).
         return Path(hf_hub_download(repo_id, filename, revision=revision))
+    except ModelNotFoundError:  # the probe's: the Hub cannot be reached
+        raise
     # Most specific first: LocalEntryNotFoundError is an EntryNotFoundError, GatedRepoError a RepositoryNotFoundError.
     except LocalEntryNotFoundError:
         if constants.HF_HUB_OFFLINE:
-            reason = "HF_HUB_OFFLINE is set. Unset it to download the file once"
-        else:
-            reason = f"the Hub ({constants.ENDPOINT}) cannot be reached. Check the connection (or HF_ENDPOINT)"
-        raise ModelNotFoundError(
-            f"{spec} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {reason}, "
-            "or name a local .gguf file"
-        ) from None
+            raise _not_cached(spec, "HF_HUB_OFFLINE is set. Unset it to download the file once") from None
+        raise _not_cached(spec, _unreachable()) from None
     except GatedRepoError:
         raise ModelNotFoundError(
             f"{spec}: repository {repo_id!r} is gated: accept its terms at {web}, then log in with `hf auth login`"
@@ -184,3 +185,47 @@ def _download_from_hub(rest: str) -> Path:
         raise ModelLoadError(
             f"downloading {spec} failed: {type(exc).__name__}: {exc}. Nothing was kept; run it again to retry"
         ) from exc
+
+
+# How long the Hub may take to answer a first request before it counts as unreachable (seconds), unless
+# HF_HUB_ETAG_TIMEOUT says otherwise. huggingface_hub itself retries an unreachable Hub for about 25 s.
+HUB_PROBE_TIMEOUT = 3.0
+
+
+def _probe_hub(repo_id: str, filename: str, revision: str | None, spec: str) -> None:
+    """Ask the Hub about the file once, without retries: a Hub that cannot be reached fails here, at once.
+
+    Only transport failures (refused, no such host, no answer in time) end here; whatever the Hub answers
+    is left to ``hf_hub_download``, which asks again and reports it. A client of its own, with no token
+    sent: huggingface_hub's shared one first asks the Hub other things, each with its own wait.
+    """
+    import httpx2
+    from huggingface_hub import constants, hf_hub_url
+
+    timeout = HUB_PROBE_TIMEOUT
+    if constants.HF_HUB_ETAG_TIMEOUT != constants.DEFAULT_ETAG_TIMEOUT:
+        timeout = float(constants.HF_HUB_ETAG_TIMEOUT)
+    url = hf_hub_url(repo_id, filename, revision=revision)
+    try:
+        with httpx2.Client(timeout=timeout, follow_redirects=False) as client:
+            client.head(url)
+    except httpx2.TimeoutException:
+        wait = f"no answer within {timeout:g} s; HF_HUB_ETAG_TIMEOUT sets how long to wait"
+        raise _not_cached(spec, _unreachable(wait)) from None
+    except httpx2.TransportError as exc:
+        raise _not_cached(spec, _unreachable(str(exc) or type(exc).__name__)) from None
+
+
+def _unreachable(detail: str = "") -> str:
+    from huggingface_hub import constants
+
+    why = f" ({detail})" if detail else ""
+    return f"the Hub ({constants.ENDPOINT}) cannot be reached{why}. Check the connection (or HF_ENDPOINT)"
+
+
+def _not_cached(spec: str, reason: str) -> ModelNotFoundError:
+    from huggingface_hub import constants
+
+    return ModelNotFoundError(
+        f"{spec} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {reason}, or name a local .gguf file"
+    )

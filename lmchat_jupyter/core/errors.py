@@ -107,7 +107,7 @@ class ServerUnreachableError(ServerError):
 
 
 class ServerAuthError(ServerError):
-    """The inference server refused the API key (HTTP 401 or 403)."""
+    """The inference server wants an API key: none was sent, or it refused the one sent (HTTP 401 or 403)."""
 
 
 class ServerModelError(ServerError):

@@ -196,6 +196,8 @@ class Conversation:
             raise ValueError(f"rewind to {n_messages} messages: the conversation has {len(self.history)}")
         with self._turn_lock, self.model.lock, interrupts.held():
             keep = max(n_messages, 1 if self.history.system is not None else 0)
+            if keep < len(self.history):  # the next save writes the file whole: no record after the text taken out
+                self._saved_at = None
             del self.history.messages[keep:]
             self.context.cut_back()
         self._emit("rewound", text=f"kept {keep} messages")

@@ -16,7 +16,7 @@ from ..engine.models import Model
 from .metadata import EmbeddedChat
 from .reconcile import Relation, free_name, length_note, relation
 
-__all__ = ["EmbeddedStore", "offer", "take", "size_note"]
+__all__ = ["EmbeddedStore", "offer", "offer_all", "take", "size_note"]
 
 
 class EmbeddedStore(Protocol):
@@ -51,10 +51,20 @@ def _already_held(store: EmbeddedStore, chat: EmbeddedChat) -> bool:
     return any(relation(h, chat.history) in (Relation.SAME, Relation.A_EXTENDS) for h in held)
 
 
+def offer_all(store: EmbeddedStore, chats: list[EmbeddedChat]) -> list[str]:
+    """Keep each of ``chats`` for its first use; one line for each kept, and for each entry the metadata left out."""
+    lines = [
+        f"{why}. That entry is left out (and not written back when the notebook is saved); "
+        "the notebook's other conversations are used"
+        for why in getattr(chats, "skipped", ())
+    ]
+    return lines + [line for chat in chats if (line := offer(store, chat)) is not None]
+
+
 def offer(store: EmbeddedStore, chat: EmbeddedChat) -> str | None:
     """Keep ``chat`` for its first use; the line that says so, or None where the sidecar holds it all."""
-    if _already_held(store, chat):
-        return None
+    if not chat.history.message_count or _already_held(store, chat):
+        return None  # an empty entry: a conversation cleared, nothing to restore
     conv = store.conversations.get(chat.name)
     have = conv.history if conv is not None else store.disk_history(chat.name)
     note = ""
@@ -73,7 +83,7 @@ def offer(store: EmbeddedStore, chat: EmbeddedChat) -> str | None:
     store.embedded[chat.name] = chat
     return (
         f"{chat.name}: {size_note(chat)}, history from the notebook's metadata{note}. It is evaluated when "
-        "the conversation is first used (%%chat or the chat widget)"
+        "the conversation is first used (%%chat, the chat widget or the lmchat panel in the right sidebar)"
     )
 
 

@@ -18,6 +18,7 @@ and each history within :data:`lmchat_jupyter.core.history.LIMITS`. Names must p
 from __future__ import annotations
 
 import json
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,10 +32,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EmbeddedChat",
+    "EmbeddedChats",
     "METADATA_KEY",
     "METADATA_FORMAT",
     "EMBED_SETTINGS",
     "build_metadata",
+    "mark_emptied",
     "embed_setting",
     "parse_metadata",
     "read_notebook_metadata",
@@ -57,6 +60,24 @@ class EmbeddedChat:
     name: str
     history: ChatHistory
     model_spec: str | None
+
+
+class EmbeddedChats(list[EmbeddedChat]):
+    """The conversations found in one ``metadata.lmchat``, and one sentence for each entry left out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Why each refused entry was left out (its name shown safely); the others are used.
+        self.skipped: list[str] = []
+
+
+#: Conversations that a clear or rewind left without messages: embedded as such, so the notebook drops them.
+_EMPTIED: weakref.WeakSet[Conversation] = weakref.WeakSet()
+
+
+def mark_emptied(conv: Conversation) -> None:
+    """Note that the user emptied ``conv``: the notebook's metadata is to hold it with no messages."""
+    _EMPTIED.add(conv)
 
 
 def build_metadata(
@@ -84,8 +105,8 @@ def build_metadata(
             if chat.history.forked_from is not None:
                 out[name]["forked_from"] = chat.history.forked_from.to_json()
     for name, conv in conversations.items():
-        if not conv.history.message_count:
-            continue
+        if not conv.history.message_count and conv not in _EMPTIED:
+            continue  # new and empty: nothing to embed, and nothing the notebook carries is replaced
         out[name] = {
             "id": conv.history.conversation_id,
             "model": {"spec": conv.model.spec, "name": conv.model.name, "sha256": conv.model.sha256},
@@ -120,13 +141,16 @@ def embed_setting(value: object) -> str | None:
     return embed if isinstance(embed, str) and embed in EMBED_SETTINGS else None
 
 
-def parse_metadata(value: object) -> list[EmbeddedChat]:
+def parse_metadata(value: object) -> EmbeddedChats:
     """Check untrusted ``metadata.lmchat`` and return its conversations; HistoryFormatError says what is wrong.
 
-    A notebook that embeds ``metadata-only`` or ``off`` holds no conversation to restore: none is returned.
+    A conversation that breaks the rules (its name, its messages, its model spec) is left out and
+    said in ``skipped``; the others are returned. HistoryFormatError where the value as a whole is
+    refused, or where no conversation in it can be used. A notebook that embeds ``metadata-only``
+    or ``off`` holds no conversation to restore: none is returned.
     """
     if value is None:
-        return []
+        return EmbeddedChats()
     if not isinstance(value, dict):
         raise HistoryFormatError(f"notebook metadata 'lmchat' must be an object, not {type(value).__name__}")
     try:
@@ -146,22 +170,35 @@ def parse_metadata(value: object) -> list[EmbeddedChat]:
     if embed not in EMBED_SETTINGS:
         raise HistoryFormatError(f"notebook metadata 'lmchat' has embed {embed!r}; expected one of {EMBED_SETTINGS}")
     if embed != "full":
-        return []
+        return EmbeddedChats()
     conversations = value.get("conversations")
     if not isinstance(conversations, dict):
         raise HistoryFormatError("notebook metadata 'lmchat' has no 'conversations' object")
     if len(conversations) > MAX_CONVERSATIONS:
         raise HistoryFormatError(f"notebook metadata 'lmchat' has over {MAX_CONVERSATIONS} conversations")
-    found: list[EmbeddedChat] = []
+    found = EmbeddedChats()
     for raw_name, entry in conversations.items():
         try:
-            name = check_name(raw_name)
-        except LmchatError as exc:
-            raise HistoryFormatError(f"notebook metadata: {exc}") from None
-        if any(chat.name == name for chat in found):  # two spellings of one name (NFC and NFD)
-            raise HistoryFormatError(f"notebook metadata names the conversation {name!r} twice")
-        if not isinstance(entry, dict):
-            raise HistoryFormatError(f"notebook metadata: conversation {name!r} is not an object")
+            found.append(_entry(raw_name, entry, found))
+        except HistoryFormatError as exc:  # one bad entry never takes the good ones with it
+            found.skipped.append(str(exc))
+    if found.skipped and not found:
+        more = len(found.skipped) - 1
+        raise HistoryFormatError(found.skipped[0] + (f" (and {more} more refused)" if more else ""))
+    return found
+
+
+def _entry(raw_name: object, entry: object, found: list[EmbeddedChat]) -> EmbeddedChat:
+    """One conversation of ``metadata.lmchat``, checked; HistoryFormatError names it and says what is wrong."""
+    try:
+        name = check_name(raw_name)
+    except LmchatError as exc:
+        raise HistoryFormatError(f"notebook metadata: {exc}") from None
+    if any(chat.name == name for chat in found):  # two spellings of one name (NFC and NFD)
+        raise HistoryFormatError(f"notebook metadata names the conversation {name!r} twice")
+    if not isinstance(entry, dict):
+        raise HistoryFormatError(f"notebook metadata: conversation {name!r} is not an object")
+    try:
         history = ChatHistory.from_json(
             {
                 "format": HISTORY_FORMAT,
@@ -170,12 +207,13 @@ def parse_metadata(value: object) -> list[EmbeddedChat]:
                 "forked_from": entry.get("forked_from"),
             }
         )
-        model = entry.get("model")
-        spec = model.get("spec") if isinstance(model, dict) else None
-        if spec is not None and (not isinstance(spec, str) or len(spec) > 1000):
-            raise HistoryFormatError(f"notebook metadata: conversation {name!r} has a malformed model spec")
-        found.append(EmbeddedChat(name, history, spec))
-    return found
+    except HistoryFormatError as exc:
+        raise HistoryFormatError(f"notebook metadata: conversation {name!r}: {exc}") from None
+    model = entry.get("model")
+    spec = model.get("spec") if isinstance(model, dict) else None
+    if spec is not None and (not isinstance(spec, str) or len(spec) > 1000):
+        raise HistoryFormatError(f"notebook metadata: conversation {name!r} has a malformed model spec")
+    return EmbeddedChat(name, history, spec)
 
 
 def read_notebook_metadata(path: Path) -> object:

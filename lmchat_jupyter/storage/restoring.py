@@ -130,7 +130,8 @@ def defer_unsigned(store: RestoringStore, name: str, saved: SavedChat) -> bool:
     _tell_once(store, name, untrusted_model_note(name, saved, store.model_spec, model, store.active))
     store.notify(
         f"lmchat: {name}: {length_note(history)}, in files that this user's kernels did not sign (a copied or "
-        "cloned notebook?); its history is evaluated when the conversation is first used (%%chat or the chat widget)"
+        "cloned notebook?); its history is evaluated when the conversation is first used (%%chat, the chat "
+        "widget or the lmchat panel in the right sidebar)"
     )
     return True
 

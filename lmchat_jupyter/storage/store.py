@@ -21,7 +21,7 @@ from ..core.history import ChatHistory, Message
 from ..engine.autosave import BackgroundSaver
 from ..engine.conversation import Conversation, Progress
 from ..engine.models import Model, ModelSettings, ServerModel, load_model
-from . import embedded_chats, folder_share, restoring, space
+from . import clearing, embedded_chats, folder_share, restoring, space, waiting
 from .metadata import EmbeddedChat
 from .reconcile import Relation, is_backup_name, move_aside, relation
 from .saved import SavedChat, disk_history, read_saved
@@ -133,11 +133,12 @@ class ChatStore:
         here runs on the model spec ``model`` (None: the kernel's own)."""
         name = check_name(name or self.active)
         conv = self.conversations.get(name)
-        if conv is None:
-            conv = self.restore(name)
-        pending = self.embedded.pop(name, None)
-        if pending is not None:
-            conv = embedded_chats.take(self, pending, conv)
+        try:
+            conv = conv or self.restore(name)
+            pending = self.embedded.get(name)
+            conv = waiting.take(self, pending, conv) if pending is not None else conv  # kept where it fails
+        except LmchatError as exc:  # nothing was dropped: every use fails the same way until the user chooses
+            raise waiting.explain(self, name, exc) from None
         if conv is None:
             if not create:
                 raise LmchatError(f"there is no conversation called {name!r}; `%chat list` shows them")
@@ -227,7 +228,7 @@ class ChatStore:
         history that continues it is added at first use; a different one is kept under a new name.
         Model specs from metadata are not followed: the kernel's own model is used.
         """
-        return [line for chat in chats if (line := embedded_chats.offer(self, chat)) is not None]
+        return embedded_chats.offer_all(self, chats)
 
     def restore_all(self) -> list[str]:
         """Restore every conversation in the sidecar; returns one status line each."""
@@ -252,6 +253,8 @@ class ChatStore:
     # --- saving ---------------------------------------------------------------------------------
 
     def _on_event(self, name: str, event: ConversationEvent) -> None:
+        if event.kind in ("rewound", "cleared"):
+            clearing.taken_out(self, name, event.conversation)  # before the history file is written: see there
         if event.kind in ("turn_finished", "rewound", "cleared", "restored", "model_changed"):
             if self.autosave and not self.sidecar.writable and not self._closed:
                 if not folder_share.take_over(self):
@@ -300,6 +303,8 @@ class ChatStore:
     def save(self, name: str, path: Path | None = None) -> bool:
         """Save ``name``'s full session now (to its sidecar file unless ``path`` is given)."""
         conv = self.conversations.get(name)
+        if conv is not None and path is None and not conv.history.user_message_count:
+            return clearing.drop_session(self, name)  # emptied: no session file may bring its messages back
         if conv is None or conv.history.user_message_count == 0 or (path is None and name in self.kv_cache_off):
             return False
         target = path or self.sidecar.session_path(name)

@@ -11,7 +11,8 @@ a special kind of path: see ``SPECIAL``).
 
 * ``error``: a typed error (SessionCorruptError, or SessionMismatchError where the header says so);
 * ``error-or-intact``: an error, or a restore identical to the pristine one (the damage hit bytes
-  nothing reads, such as alignment padding, or the engine fell back to evaluating the tokens);
+  nothing reads, or the engine fell back to evaluating the tokens). Alignment padding is not such a
+  place: no checksum covers it, but every byte of it must be zero, so damage there is an ``error``;
 * ``safe``: any typed error, or a restore whose KV cache agrees with its tokens and that can go on
   (a forged but self-consistent file: no checksum can tell it from a real one);
 * ``mismatch``: SessionMismatchError carrying the history;
@@ -185,7 +186,7 @@ def _truncations(layout: Layout, rng: random.Random, **_: Any) -> Iterator[Case]
 
 
 def _regions(layout: Layout) -> list[tuple[str, int, int, bool]]:
-    """(name, start, end, checked) for every part of the file; padding is read by nothing."""
+    """(name, start, end, checksummed) for every part of the file; padding has no checksum (it must be zero)."""
     regions = [
         ("magic", 0, 8, True),
         ("format version", 8, 12, True),
@@ -212,7 +213,7 @@ def _bit_flips(layout: Layout, rng: random.Random, **_: Any) -> Iterator[Case]:
                 "family": "bit flip",
                 "what": f"bit {bit} of byte {at} ({name})",
                 **_build(_flip, layout, at, bit),
-                "expect": "error" if checked else "error-or-intact",
+                "expect": "error",
                 "history": _history_survives(layout, at, at + 1),
             }
         if checked and end - start >= 16:
@@ -224,6 +225,25 @@ def _bit_flips(layout: Layout, rng: random.Random, **_: Any) -> Iterator[Case]:
                 **_build(_overwrite, layout, at, noise),
                 "expect": "error",
                 "history": _history_survives(layout, at, at + 16),
+            }
+
+
+def padding_regions(layout: Layout) -> list[tuple[str, int, int]]:
+    """(name, start, end) of each run of zero bytes the container pads with: after the header's digest
+    and after each section whose length is not a multiple of 64."""
+    return [(name, start, end) for name, start, end, checksummed in _regions(layout) if not checksummed]
+
+
+def _padding_damage(layout: Layout, rng: random.Random, **_: Any) -> Iterator[Case]:
+    """A byte that is not zero in the padding, at its first and last byte: refused, the history kept."""
+    for name, start, end in padding_regions(layout):
+        for at, value in sorted({(start, 1), (end - 1, 0x80), (rng.randrange(start, end), 0xFF)}):
+            yield {
+                "family": "padding",
+                "what": f"byte {at} ({name}) set to {value:#04x}",
+                **_build(_overwrite, layout, at, bytes([value])),
+                "expect": "error",
+                "history": _history_survives(layout, at, at + 1),
             }
 
 
@@ -578,6 +598,7 @@ _BASE_GENERATORS = (
     _token_forgeries,
     _kv_forgeries,
     _compat_forgeries,
+    _padding_damage,
 )
 
 
@@ -667,6 +688,15 @@ def _records_reordered(layout: Layout) -> bytes:
     return blob[: spans[0].start] + b"".join(blob[s.start : s.end] for s in reversed(spans))
 
 
+def _record_padding(span: RecordSpan) -> list[tuple[str, int, int]]:
+    """(name, start, end) of a record's zero padding: after its header's digest and after each section."""
+    data_start = min((s for s, _ in span.sections.values()), default=span.end)
+    regions = [("lead padding", span.header_end + 8, data_start)]
+    for name, (start, length) in span.sections.items():
+        regions.append((f"padding after {name}", start + length, start + length + (-length) % 64))
+    return [(name, start, end) for name, start, end in regions if end > start]
+
+
 def _record_damage(layout: Layout, rng: random.Random, **_: Any) -> Iterator[Case]:
     """Torn, damaged, foreign and forged records: each ends the reading, the records before it stay."""
     spans = _record_spans(layout)
@@ -691,6 +721,9 @@ def _record_damage(layout: Layout, rng: random.Random, **_: Any) -> Iterator[Cas
                                 _build(_flip, layout, at, at % 8), before)  # fmt: skip
                 case["or_error"] = i == 0 and name == "magic"
                 yield case
+        for name, _start, end in _record_padding(span):
+            yield _earlier(f"record {i + 1}: byte {end - 1} ({name}) not zero", "damaged record",
+                           _build(_overwrite, layout, end - 1, b"\x01"), before)  # fmt: skip
         header = span.header
         forged: list[tuple[str, dict[str, Any], dict[str, bytes], bool]] = [
             ("unsigned", {}, {}, False),

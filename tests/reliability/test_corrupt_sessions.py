@@ -15,9 +15,10 @@ from typing import Any
 import pytest
 
 from lmchat_jupyter import Conversation, Model
+from lmchat_jupyter.core.errors import SessionCorruptError
 
 from .forge import Layout, split
-from .mutations import Case, all_cases, select
+from .mutations import Case, all_cases, padding_regions, select
 from .runner import run_cases
 
 GREEDY = {"temperature": 0.0, "max_tokens": 12}
@@ -139,6 +140,31 @@ def run_harness(bases: dict[str, Any], n: int, *, heavy: bool) -> None:
     slowest = sorted(results.values(), key=lambda r: -r.get("seconds", 0))[:5]
     print("slowest:", ", ".join(f"#{r['id']} {r.get('seconds')} s" for r in slowest))
     assert not failures, f"{len(failures)} of {len(cases)} cases failed:\n" + "\n".join(failures)
+
+
+def test_a_byte_that_is_not_zero_in_the_padding_is_refused_and_the_history_kept(model: Model, tmp_path: Path) -> None:
+    conv = Conversation(model, system="You are a helpful assistant. Answer briefly.")
+    conv.submit("My name is Ada and I like red apples.", **GREEDY)
+    path = tmp_path / "padded.lmsession"
+    conv.save(path)
+    layout = split(path.read_bytes())
+    messages = [(m.role, m.content) for m in conv.history.messages]
+    regions = padding_regions(layout)
+    assert len(regions) >= 2, regions  # the lead's and some section's: lengths are seldom multiples of 64
+    for name, start, end in regions:
+        for at in sorted({start, end - 1}):
+            damaged = bytearray(layout.blob)
+            damaged[at] = 0x01
+            path.write_bytes(damaged)
+            with pytest.raises(SessionCorruptError, match="padding holds a non-zero byte") as refused:
+                Conversation.restore(model, path)
+            assert f"offset {at:,}" in str(refused.value), (name, str(refused.value))
+            history = refused.value.history  # the history is kept, as for any other damage
+            assert history is not None, name
+            assert [(m.role, m.content) for m in history.messages] == messages
+            assert "Conversation.from_history" in str(refused.value)
+    path.write_bytes(layout.blob)  # the pristine file restores
+    assert [(m.role, m.content) for m in Conversation.restore(model, path).history.messages] == messages
 
 
 def test_damaged_sessions_fail_safely(bases: dict[str, Any]) -> None:

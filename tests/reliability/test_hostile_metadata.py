@@ -77,10 +77,6 @@ HOSTILE = {
     "name with right-to-left override": embedded(name="a\u202eb"),
     "name with zero-width space": embedded(name="a\u200bb"),
     "fullwidth dots": embedded(name="\uff0e\uff0e"),
-    "one name in NFC and NFD": {
-        "format": 1,
-        "conversations": {"caf\u00e9": {"messages": []}, "cafe\u0301": {"messages": []}},
-    },
     # text that JSON carries and UTF-8 cannot
     "lone surrogate in content": embedded([user("hi \ud800 there")]),
     "lone surrogate in a name": embedded(name="ab\udc80"),
@@ -109,6 +105,13 @@ ACCEPTED = {
 def test_odd_but_harmless_metadata_is_taken(case: str) -> None:
     (chat,) = parse_metadata(ACCEPTED[case])
     assert chat.name == unicodedata.normalize("NFC", chat.name)
+
+
+def test_one_name_in_nfc_and_nfd_keeps_the_first_and_names_the_second() -> None:
+    value = {"format": 1, "conversations": {"caf\u00e9": {"messages": []}, "cafe\u0301": {"messages": []}}}
+    chats = parse_metadata(value)
+    assert [chat.name for chat in chats] == ["caf\u00e9"]
+    assert chats.skipped == ["notebook metadata names the conversation 'caf\u00e9' twice"]
 
 
 def test_lone_surrogate_in_a_history_file_is_refused(tmp_path: Path) -> None:

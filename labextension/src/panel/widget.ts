@@ -289,12 +289,12 @@ export class ChatPanel extends Panel {
     ] as const) {
       const input = this.find(selector) as HTMLInputElement;
       input.addEventListener('change', () => {
-        if (input.value !== '' && input.checkValidity()) {
+        // The kernel checks the value, and says in the panel what it takes.
+        if (input.value !== '' && !input.validity.badInput) {
           this.current?.model.setOptions({ [key]: Number(input.value) });
-        } else {
-          this.render(); // back to the value in use
         }
       });
+      input.addEventListener('blur', () => this.render()); // the value in use
     }
     options.tracker.currentChanged.connect(this.follow, this);
   }

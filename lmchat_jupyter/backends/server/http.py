@@ -26,7 +26,11 @@ from ...core.errors import ServerAuthError, ServerContextTooSmallError, ServerEr
 __all__ = ["HttpEndpoint", "API_KEY_ENV_VAR", "api_key_from_env", "ended_early", "sse_data", "DIRECT"]
 
 API_KEY_ENV_VAR = "LMCHAT_API_KEY"
-_KEY_HELP = f"set ${API_KEY_ENV_VAR} to the server's key (or `%chat config --api-key`) and run the cell again"
+# Not `--api-key KEY`: a key typed into a cell stays in the notebook and in IPython's history database.
+_KEY_HELP = (
+    f"set ${API_KEY_ENV_VAR} to the server's key before starting Jupyter, or run `%chat config --api-key` "
+    "(it asks for the key at a password prompt and keeps it in this kernel's memory only), then run the cell again"
+)
 #: Addresses reached without a proxy whatever the environment says (httpx2 mounts: None is no proxy).
 DIRECT: dict[str, None] = dict.fromkeys(("all://localhost", "all://*.localhost", "all://127.0.0.0/8", "all://[::1]"))
 # Only these end a line of an event stream (not every character str.splitlines takes: llama-server writes
@@ -105,7 +109,7 @@ class HttpEndpoint:
                     return
                 event = _decode(data, self.url + path)
                 if isinstance(event, dict) and isinstance(event.get("error"), dict):
-                    raise _error_from(event["error"].get("code") or 500, event, self.url + path)
+                    raise _error_from(event["error"].get("code") or 500, event, self.url + path, bool(self.api_key))
                 if isinstance(event, dict):
                     yield event
         finally:
@@ -161,7 +165,7 @@ class HttpEndpoint:
                 text = b""
             finally:
                 response.close()
-            raise _error_from(response.status_code, _decode_lenient(text), self.url + path)
+            raise _error_from(response.status_code, _decode_lenient(text), self.url + path, bool(self.api_key))
         return response
 
     def _broken(self, exc: BaseException) -> ServerUnreachableError:
@@ -241,14 +245,15 @@ def _decode_lenient(data: bytes) -> Any:
         return data.decode("utf-8", "replace")[:300]
 
 
-def _error_from(status: int, body: Any, where: str) -> ServerError:
+def _error_from(status: int, body: Any, where: str, key_sent: bool = True) -> ServerError:
     """The typed error for an HTTP error status and its body (llama-server's and OpenAI's ``{"error": {...}}``)."""
     detail = body.get("error", body) if isinstance(body, dict) else body
     message = detail.get("message") if isinstance(detail, dict) else None
     kind = detail.get("type") if isinstance(detail, dict) else None
     text = str(message if message is not None else detail or "").strip() or "no details"
     if status in (401, 403):
-        return ServerAuthError(f"{where} refused the API key (HTTP {status}: {text}); {_KEY_HELP}", status)
+        said = "refused the API key" if key_sent else "asked for an API key and none was sent"
+        return ServerAuthError(f"{where} {said} (HTTP {status}: {text}); {_KEY_HELP}", status)
     if kind == "exceed_context_size_error" or "context size" in text or "context length" in text:
         n_ctx = detail.get("n_ctx") if isinstance(detail, dict) else None
         size = f" ({n_ctx} tokens per conversation)" if isinstance(n_ctx, int) else ""

@@ -1,12 +1,15 @@
 """Which llama-server slot and which slot file hold each conversation of a backend.
 
 Between answers a conversation's KV state lives in its slot file (named from the conversation id and a
-secret of the user's own: :func:`.slots.slot_file_name`). After an answer the keeper notes the slot and the
-id of the request that ran there (a :class:`.slots.SlotClaim`); the save that follows writes the slot to the
-conversation's file only while the slot is idle, no other request ran there since, and the server wrote the
-conversation's token count: otherwise the previous file, which holds an earlier prefix, is kept. Before an
-answer the conversation takes the slot it still holds, or the least recently used idle one with its file
-restored into it (a refused restore only means the server reads the conversation again).
+secret of the user's own: :func:`.slots.slot_file_names`). After an answer the keeper notes the slot and the
+id of the request that ran there (a :class:`.slots.SlotClaim`); the save that follows writes the slot only
+while the slot is idle and no other request ran there since, and into the conversation's other file, never
+the one its newest good save is in. That file becomes the conversation's (and what its saved session names)
+only once the server says it wrote the conversation's token count: a save that fails or holds something
+else leaves the previous file, which holds an earlier prefix, as it was. llama-server cannot delete a slot
+file: the older of the two stays until the save after next writes over it. Before an answer the
+conversation takes the slot it still holds, or the least recently used idle one with its file restored into
+it (a refused restore only means the server reads the conversation again).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Callable
 
 from ...core.errors import ServerError, SlotStorageError
 from .llama_client import LlamaServerClient, SlotInfo
-from .slots import SlotClaim, choose_slot, idle_slots, slot_file_name
+from .slots import SlotClaim, choose_slot, idle_slots, next_slot_file
 
 __all__ = ["SlotKeeper"]
 
@@ -85,19 +88,20 @@ class SlotKeeper:
         info = self._slot(slot)
         if info is None or info.is_processing or claim is None or info.last_task != claim.last_task:
             return  # another request ran there since: the previous file keeps an earlier prefix
-        name = slot_file_name(label, self.client.url)
+        current = self._files.get(label, (None, 0))[0]
+        name = next_slot_file(label, self.client.url, current)
         try:
             saved = self.client.save_slot(slot, name)
         except SlotStorageError as exc:
-            self._tell(f"the slot was not saved ({exc}); after a restart the server reads the conversation again")
-            self._forget(label, name)
+            after = "the previous slot file (an earlier point of the conversation) stays in use"
+            if current is None:
+                after = "after a restart the server reads the conversation again"
+            self._tell(f"the slot was not saved ({exc}); {after}")
             return
         except ServerError:
-            self._forget(label, name)  # a save that may still run later: the file is not trusted
-            return
+            return  # a save that may still run later: its file is not trusted, the previous one stays
         if saved.n_tokens != n_cached:
-            self._forget(label, name)  # the slot held another conversation by then
-            return
+            return  # the slot held another conversation by then: the previous file stays the conversation's
         self._files[label] = (name, n_cached)
 
     def _slot(self, slot: int) -> SlotInfo | None:
@@ -106,7 +110,3 @@ class SlotKeeper:
             return next((s for s in self.client.slots() if s.id == slot), None)
         except ServerError:
             return None
-
-    def _forget(self, label: str, name: str) -> None:
-        if self._files.get(label, (None, 0))[0] == name:
-            del self._files[label]

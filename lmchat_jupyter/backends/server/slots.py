@@ -3,7 +3,9 @@
 A slot file name is an HMAC of the server address and the conversation id under a secret of the user's own,
 so people who share a server cannot guess, restore or overwrite each other's files. The secret lives in
 lmchat's cache folder (readable by its owner only); losing it costs nothing, because the sidecar records each
-conversation's file name.
+conversation's file name. Each conversation has two of them (:func:`slot_file_names`): a save goes into the
+one its saved session does not name, so a save that turns out not to be the conversation's own never
+replaces its last good file.
 
 Slots are shared by every kernel that talks to the server. After each turn the conversation's slot is saved
 to its file, so any idle slot can be reused without losing anything; a conversation keeps its slot while no
@@ -30,6 +32,8 @@ from .llama_client import LlamaServerClient, SlotInfo
 __all__ = [
     "SlotClaim",
     "slot_file_name",
+    "slot_file_names",
+    "next_slot_file",
     "user_secret",
     "choose_slot",
     "idle_slots",
@@ -81,6 +85,22 @@ def slot_file_name(conversation_id: str, server_url: str, secret: bytes | None =
     key = user_secret() if secret is None else secret
     digest = hmac.new(key, f"{server_url}\n{conversation_id}".encode(), hashlib.sha256).hexdigest()
     return f"lmchat-{digest[:32]}.slot"
+
+
+def slot_file_names(conversation_id: str, server_url: str, secret: bytes | None = None) -> tuple[str, str]:
+    """The two slot files a conversation saves into by turns: ``lmchat-<32 hex digits>.a.slot`` and ``.b.slot``.
+
+    (Sessions saved before there were two name the one :func:`slot_file_name` gives; they still restore.)
+    """
+    stem = slot_file_name(conversation_id, server_url, secret).removesuffix(".slot")
+    return f"{stem}.a.slot", f"{stem}.b.slot"
+
+
+def next_slot_file(conversation_id: str, server_url: str, current: str | None, secret: bytes | None = None) -> str:
+    """The file the next save of a conversation goes into: of its two, the one ``current`` (the file its
+    newest verified save is in, which may be an older single name or another conversation's) is not."""
+    first, second = slot_file_names(conversation_id, server_url, secret)
+    return second if current == first else first
 
 
 def choose_slot(slots: Sequence[SlotInfo], claim: SlotClaim | None, fallback: int = 0) -> tuple[int, bool]:

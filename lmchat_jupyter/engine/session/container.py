@@ -19,7 +19,7 @@ A section of 8 MiB or more carries the xxh3_64 of each 4 MiB block (``"xxh3": [.
 The header also records the file's total length (``size``): a session is exactly what lmchat wrote,
 and bytes appended after its last section make it refused.
 
-Every length, offset and checksum is verified by :func:`parse` before any byte is trusted.
+Every length, offset, checksum and padding byte (:mod:`.padding`) is verified by :func:`parse` before use.
 xxh3 runs at memory speed, so checking a 180 MB KV state costs a few milliseconds.
 """
 
@@ -41,6 +41,7 @@ from .checks import block_digests as _block_digests
 from .checks import digest_shape as _digest_shape
 from .checks import section_digest as _section_digest
 from .checks import xxh3 as _digest
+from .padding import nonzero_padding
 
 __all__ = [
     "MAGIC",
@@ -170,6 +171,9 @@ def parse(buf: memoryview, source: str, magic: bytes = MAGIC, overlap: str | Non
             raise corrupt(f"it lacks the section(s) {', '.join(missing)}")
         follows = "anything" if magic != MAGIC else "records" if version >= 2 else "nothing"
         end = _check_length(header, data_start, buf, corrupt, follows)
+        lead_end = PREFIX.size + PREFIX.unpack_from(buf, 0)[2] + 8
+        if (stray := nonzero_padding(buf, lead_end, data_start, header["sections"], end)) is not None:
+            raise corrupt(stray)
     except BaseException:
         if pending is not None:
             pending.passed()  # the threads let go of the buffer before it may be closed

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from collections.abc import Generator
+from typing import Any, cast
 
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument
@@ -45,7 +46,7 @@ CELL = declare(
     argument(
         "--model", "-m", type=values.spec, metavar="SPEC", help="continue on this model (the history carries over)"
     ),
-    argument("--system", "-s", type=values.text, metavar="TEXT", help="the system prompt of a new conversation"),
+    argument("--system", "-s", type=values.system, metavar="TEXT", help="the system prompt of a new conversation"),
     argument("--temperature", "-t", type=TEMPERATURE, metavar="T", help="sampling temperature (0 is greedy)"),
     argument("--max-tokens", type=MAX_TOKENS, metavar="N", help="stop the answer after N tokens"),
     argument("--seed", type=SEED, metavar="S", help="sampling seed, for answers that repeat"),
@@ -105,7 +106,7 @@ def _answer(state: KernelChats, name: str, conv: Conversation, message: CellMess
     out = AnswerDisplay()
     turn = conv.stream(message.text, cell_id=state.cell_id, **options)
     untag = tag_user_message(conv, message.meta())
-    pieces = iter(turn)
+    pieces = cast(Generator[str, None, None], iter(turn))  # a generator: closing it ends the turn
     try:
         for piece in pieces:
             out.add(piece)

@@ -8,6 +8,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument
 
 from ...notebook.kernel import KernelChats
+from ...storage import clearing
 from . import values
 from .base import command
 
@@ -16,13 +17,21 @@ TURNS = values.whole(0, 10**9, "N (the number of turns to drop)")
 __all__ = ["clear", "rewind"]
 
 
-@command("clear", help="forget every message (the system prompt stays)")
+@command(
+    "clear",
+    argument(
+        "--forget-copies",
+        action="store_true",
+        help="also remove the copies lmchat kept of this conversation in the sidecar (NAME.replaced-*)",
+    ),
+    help="forget every message (the system prompt stays), in memory and in the sidecar's files",
+)
 def clear(state: KernelChats, args: argparse.Namespace) -> None:
     """Empty the active conversation; a cell run again then answers anew."""
     store = state.store
-    store.get().clear()
+    message = clearing.clear(store, store.active, forget=args.forget_copies)
     state.replay_cursor[store.active] = 0
-    print("lmchat: conversation cleared")
+    print(message)
 
 
 @command("rewind", argument("turns", type=TURNS, metavar="N"), help="drop the last N turns")
@@ -39,4 +48,5 @@ def rewind(state: KernelChats, args: argparse.Namespace) -> None:
             else f"%chat rewind {args.turns}: {has}, nothing to drop"
         )
     left = conv.drop_turns(args.turns)
-    print(f"lmchat: {left} turn{'s' * (left != 1)} left")
+    disk = clearing.on_disk(state.store, state.store.active, "dropped") if args.turns else ""
+    print(f"lmchat: {left} turn{'s' * (left != 1)} left{disk}")

@@ -20,7 +20,7 @@ __all__ = ["fork"]
 @command(
     "fork",
     argument("new", type=values.name, metavar="NEW"),
-    argument("--at", type=values.whole(0, 10**9, "TURN"), metavar="TURN"),
+    argument("--at", type=int, metavar="TURN"),
     help="copy the conversation (KV cache too) as NEW, up to TURN; %%chat then uses NEW",
 )
 def fork(state: KernelChats, args: argparse.Namespace) -> None:

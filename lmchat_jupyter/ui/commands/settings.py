@@ -29,13 +29,13 @@ __all__ = ["config", "strip"]
     argument("--n-ctx", type=values.whole(64, 2**24, "N (the context size in tokens)"), metavar="N"),
     argument(
         "--gpu-layers",
-        type=values.whole(-1, 65_536, "N (-1: every layer, 0: none)"),
+        type=values.whole(-1, 65_536, "N", "N is -1 (every layer), 0 (none) or a layer count"),
         metavar="N",
         help="layers on the GPU: -1 all (default with a GPU build), 0 none",
     ),
     argument(
         "--max-sidecar-mb",
-        type=values.number(0, 1e9, "MB (0: no cap)"),
+        type=values.number(0, 1e9, "MB", "MB is a size in megabytes, or 0 for no cap"),
         metavar="MB",
         help="remove old KV caches past this size (0: no cap)",
     ),
@@ -114,6 +114,11 @@ def _ask_api_key() -> str:
             "%chat config --api-key: this frontend cannot ask for input; set $LMCHAT_API_KEY before starting "
             "Jupyter instead"
         ) from None
+    except KeyboardInterrupt:  # the prompt was stopped
+        key = ""
     if not key:
         raise UsageError("%chat config --api-key: no key was typed; the key is unchanged")
-    return key
+    try:
+        return values.key(key)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"%chat config --api-key: {exc}; the key is unchanged") from None
