@@ -84,9 +84,7 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 def test_no_import_cycles_counting_type_checking_imports() -> None:
     assert cycles({"a": {"b"}, "b": {"a"}}), "the cycle finder finds a plain cycle"
     # A package imports what its modules need; its modules importing the package's names back is no cycle.
-    edges = {
-        module: {t for t in targets if not module.startswith(t + ".")} for module, targets in graph().items()
-    }
+    edges = {module: {t for t in targets if not module.startswith(t + ".")} for module, targets in graph().items()}
     assert not cycles(edges), [" -> ".join(c) for c in cycles(edges)]
 
 

@@ -91,6 +91,13 @@ def test_missing_files_and_directories_are_named(tmp_path: Path) -> None:
         resolve_model_path(tmp_path)
 
 
+def test_a_fifo_given_as_a_model_is_refused_without_waiting_on_it(tmp_path: Path) -> None:
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    with pytest.raises(ModelLoadError, match="is not a regular file"):
+        load_model(fifo)
+
+
 def test_files_that_are_not_models_are_load_errors(smollm_path: Path, tmp_path: Path) -> None:
     text = tmp_path / "notes.gguf"
     text.write_text("just some notes\n")

@@ -47,9 +47,7 @@ def test_a_foreign_sidecar_never_chooses_the_model(tmp_path: Path, gemma_file: P
         assert "default: 2 messages, about" in loaded.stdout and "when the conversation is first used" in loaded.stdout
         assert k.value(f"sorted({STORE}.conversations)") == []
         # Waiting, it still goes into the notebook's metadata.
-        built = (
-            f"__import__('lmchat_jupyter.storage.metadata').storage.metadata.build_metadata({STORE}.conversations, {STORE}.embedded)"
-        )
+        built = f"__import__('lmchat_jupyter.storage.metadata').storage.metadata.build_metadata({STORE}.conversations, {STORE}.embedded)"
         assert k.value(f"sorted({built}['conversations'])") == ["default"]
         assert k.value(f"{CURRENT}.model.path.name") == default_model_path().name
         assert k.value(f"{CURRENT}.info.message_count") == 2

@@ -112,6 +112,8 @@ def _check_gguf(path: Path, spec: str) -> None:
         raise ModelNotFoundError(f"model file {path} does not exist (from spec {spec!r}). Give {_SPEC_HELP}.{hint}")
     if path.is_dir():
         raise ModelNotFoundError(f"{path} is a directory; name the .gguf file inside it")
+    if not path.is_file():  # a FIFO or a device: reading it would wait, or never end
+        raise ModelLoadError(f"{path} is not a regular file; name a .gguf model file")
     try:
         with path.open("rb") as fh:
             magic = fh.read(4)
