@@ -28,7 +28,7 @@ from lmchat_jupyter import Conversation, Model, ModelLoadError, ModelNotFoundErr
 from lmchat_jupyter.backends.interface import Capabilities, Persistence
 from lmchat_jupyter.backends.registry import SERVER_KINDS, LocalTarget, ServerTarget, target
 from lmchat_jupyter.backends.specs import MODEL_ENV_VAR, default_model_path, parse_hf_spec, resolve_model_path
-from lmchat_jupyter.engine.models import default_threads
+from lmchat_jupyter.engine.models import default_threads, model_name_for
 
 from .hub_server import HubFile, HubRepo, LocalHub
 
@@ -184,6 +184,18 @@ def test_load_reports_its_time_and_llama_cpp_stays_quiet(
     assert lines[1].endswith(" s") and lines[1] == fresh.describe_load()
     assert fresh.load_seconds > 0
     assert [r for r in caplog.records if r.name == "lmchat_jupyter.llama"]  # the warning went to the logger
+
+
+def test_one_name_for_a_model_everywhere(model: Model, smollm_path: Path) -> None:
+    # The name `Loaded …` prints, not GGUF's general.name ("Smollm2 135M 8k Lc100K Mix1 Ep2").
+    named = smollm_path.name.removesuffix(".gguf")
+    assert model.name == model.display_name == named and model.describe_load().startswith(f"Loaded {named} (n_ctx=")
+    assert Conversation(model).info.model_name == named
+    assert named in str(model.context_overflow(10**6))
+    assert model.backend.describe()["model_name"] != named  # the fingerprint saved sessions hold is unchanged
+    # Before anything is loaded (a waiting history's note), the same name, never "the default model".
+    assert model_name_for(None) == named and model_name_for(str(smollm_path)) == named
+    assert model_name_for("http://127.0.0.1:9") == "http://127.0.0.1:9"
 
 
 def test_a_model_is_loaded_once_per_file_and_settings(model: Model, smollm_path: Path) -> None:

@@ -45,7 +45,7 @@ def test_embedded_histories_wait_for_their_first_use(tmp_path: Path) -> None:
         loaded = k.run("%load_ext lmchat")
         assert loaded.error is None, loaded.text
         # Said, with how long each is; nothing evaluated yet.
-        assert "default: 2 messages, about 6 tokens, history from the notebook's metadata" in loaded.stdout
+        assert "default: 2 messages, 25 characters, history from the notebook's metadata" in loaded.stdout
         assert "other: 6 messages" in loaded.stdout and "evaluated when the conversation is first used" in loaded.stdout
         assert k.value(f"sorted({STORE}.conversations)") == []
         # The frontend's hello carries the same histories: still nothing evaluated, nothing said twice.
@@ -132,7 +132,7 @@ def test_setting_the_notebook_path_late_keeps_the_folders_conversation(tmp_path:
     k = KernelDriver(notebook, tmp_path / "nbs")
     try:
         loaded = k.run("%load_ext lmchat")
-        assert "default: 9 messages, about" in loaded.stdout, loaded.text  # not signed: evaluated at first use
+        assert "default: 9 messages, " in loaded.stdout, loaded.text  # not signed: evaluated at first use
         assert "restored default-kernel: 4 messages" in loaded.stdout, loaded.text
     finally:
         k.shutdown()

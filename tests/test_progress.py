@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from lmchat_jupyter import ChatHistory, Conversation, Model
 from lmchat_jupyter.core.history import Message
+from lmchat_jupyter.ui import progress
 from lmchat_jupyter.ui.progress import MIN_TOKENS_FOR_BAR, token_progress
 
 
@@ -45,3 +48,51 @@ def test_a_terminal_gets_a_line_instead_of_the_bar(capsys: pytest.CaptureFixture
     update(total, total)  # once finished, later calls show nothing more
     out = capsys.readouterr().out
     assert out.startswith(f"Re-reading default: {total:,} tokens in ") and out.count("\n") == 1, out
+
+
+def _fail_after(model: Model, monkeypatch: pytest.MonkeyPatch, batches: int, error: BaseException) -> None:
+    """The backend evaluates ``batches`` batches, then raises ``error`` (a dead backend, Ctrl-C)."""
+    real = model.backend.evaluate
+    calls = 0
+
+    def evaluate(tokens: Sequence[int]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls > batches:
+            raise error
+        real(tokens)
+
+    monkeypatch.setattr(model.backend, "evaluate", evaluate)
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), RuntimeError("backend died")])
+def test_a_failed_evaluation_ends_its_bar_as_a_line(
+    model: Model, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], error: BaseException
+) -> None:
+    update = token_progress("Re-reading default")
+    _fail_after(model, monkeypatch, 2, error)
+    with pytest.raises(type(error)):
+        Conversation.from_history(model, long_history(), progress=update)
+    out = capsys.readouterr().out
+    assert out.startswith("Re-reading default: stopped at ") and out.count("\n") == 1, out
+    update(10_000, 10_000)  # a later evaluation given the same callback shows nothing more
+    assert capsys.readouterr().out == ""
+
+
+def test_a_failed_bar_in_the_notebook_becomes_text(model: Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    shown: list[dict[str, str]] = []
+
+    class Handle:
+        def update(self, data: dict[str, str], raw: bool = False) -> None:
+            shown.append(data)
+
+    monkeypatch.setattr(progress, "_in_notebook", lambda: True)
+    monkeypatch.setattr("IPython.display.display", lambda *_a, **_k: Handle())
+    update = token_progress("Re-reading default")
+    _fail_after(model, monkeypatch, 2, RuntimeError("backend died"))
+    with pytest.raises(RuntimeError):
+        Conversation.from_history(model, long_history(), progress=update)
+    # The widget's place now holds one line (nothing live is left to be saved in the .ipynb), one total in it.
+    assert len(shown) == 1 and list(shown[0]) == ["text/plain"], shown
+    line = shown[0]["text/plain"]
+    assert line.startswith("Re-reading default: stopped at ") and line.count(" of ") == 1, line

@@ -51,4 +51,5 @@ def test_move_aside_renames_without_following_links(tmp_path: Path) -> None:
 
 
 def test_length_note() -> None:
-    assert length_note(history("a", "b")) == "2 messages, about 3 tokens"
+    assert length_note(history("a", "b")) == "2 messages, 12 characters"
+    assert length_note(history("a")) == "1 message, 6 characters"

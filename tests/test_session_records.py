@@ -315,3 +315,27 @@ def test_two_conversations_taking_turns_on_one_model_each_append_to_their_file(m
         restored = Conversation.restore(model, path)
         assert restored.cache.tokens == conv.cache.tokens
         assert _next(restored) == _next(conv)
+
+
+def test_a_damaged_last_record_says_what_was_restored_and_what_was_caught_up(tmp_path: Path) -> None:
+    from lmchat_jupyter.storage.sidecar import Sidecar
+    from lmchat_jupyter.storage.store import ChatStore
+
+    store = ChatStore(Sidecar(tmp_path))
+    conv = store.get("default", system=LONG_SYSTEM)
+    for prompt in PROMPTS[:3]:
+        conv.submit(prompt, **GREEDY)
+        store.flush()
+    store.close()
+    path = tmp_path / "default.lmsession"
+    os.truncate(path, path.stat().st_size - 3)  # the last record, torn
+    store = ChatStore(Sidecar(tmp_path), notify=lambda _line: None)
+    try:
+        [status] = store.restore_all()
+        restored = store.conversations["default"]
+        assert restored.info.message_count == 7
+        assert "base + 1 record," in status and " tokens restored" in status, status
+        assert "caught up with the newer history (default.history.json): 2 messages re-read" in status, status
+        assert "not loaded" not in status and "restore from its history instead" not in status, status
+    finally:
+        store.close()

@@ -44,7 +44,7 @@ def test_a_foreign_sidecar_never_chooses_the_model(tmp_path: Path, gemma_file: P
         assert "did not sign" in loaded.stdout, loaded.text
         assert f"`%chat model {shlex.quote(str(gemma_file))}`" in loaded.stdout, loaded.text
         # Nothing evaluated at %load_ext: a cloned repository may hold many conversations.
-        assert "default: 2 messages, about" in loaded.stdout and "when the conversation is first used" in loaded.stdout
+        assert "default: 2 messages, " in loaded.stdout and "when the conversation is first used" in loaded.stdout
         assert k.value(f"sorted({STORE}.conversations)") == []
         # Waiting, it still goes into the notebook's metadata.
         built = f"__import__('lmchat_jupyter.storage.metadata').storage.metadata.build_metadata({STORE}.conversations, {STORE}.embedded)"
@@ -112,3 +112,29 @@ def test_the_saved_model_is_named_only_where_it_can_be_a_spec() -> None:
         assert note(hostile) is None
     signed = SavedChat(has_session=True, header={"model_spec": "hf:a/b/c.gguf"}, session_signed=True)
     assert untrusted_model_note("default", signed, None, "SmolLM2", "default") is None
+
+
+def test_a_copied_sidecar_whose_session_is_damaged_waits_for_first_use(tmp_path: Path) -> None:
+    from lmchat_jupyter import ChatHistory
+    from lmchat_jupyter.core.history import Message
+    from lmchat_jupyter.storage.sidecar import Sidecar
+    from lmchat_jupyter.storage.store import ChatStore
+
+    folder = tmp_path / "cloned.lmchat"
+    folder.mkdir()
+    ChatHistory([Message("user", "My name is Ada."), Message("assistant", "Hello Ada.")]).save(
+        folder / "default.history.json"  # unsigned: someone else's
+    )
+    (folder / "default.lmsession").write_bytes(b"LMCHATSESSION\x00" + bytes(40))  # cut short in its header
+    told: list[str] = []
+    store = ChatStore(Sidecar(folder), notify=told.append)
+    try:
+        store.restore_all()
+        text = "\n".join(told)
+        assert "session file is not used" in text and "when the conversation is first used" in text, text
+        assert store.conversations == {}  # nothing evaluated at %load_ext
+        waiting = store.waiting("default")
+        assert waiting is not None and waiting.message_count == 2
+        assert store.get("default").info.message_count == 2  # the first use evaluates it
+    finally:
+        store.close()

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from ..core.errors import LmchatError
 from ..core.history import ChatHistory
-from .kvcache import KVCache, Progress
+from .kvcache import KVCache, Progress, stop_progress
 from .models import Model
 from .rendering import ChatRenderer
 
@@ -82,11 +82,15 @@ class ChatContext:
         if not self.cache.shows_progress:
             progress = None
         whole = _WholeProgress(progress, self._tokens_to_prefill()) if progress is not None else None
-        for end in range(1, len(self.history) + 1):
-            target = self.render(False, upto=end)
-            if self.cache.state.text.startswith(target):
-                continue  # already in the cache: cutting back to it would only evaluate it again
-            evaluated += self.sync(target, progress=whole)
+        try:
+            for end in range(1, len(self.history) + 1):
+                target = self.render(False, upto=end)
+                if self.cache.state.text.startswith(target):
+                    continue  # already in the cache: cutting back to it would only evaluate it again
+                evaluated += self.sync(target, progress=whole)
+        except BaseException:
+            stop_progress(progress)  # too long, a backend error, Ctrl-C: the bar ends as a line
+            raise
         if whole is not None:
             whole.finish()
         if self.history.messages and self.history.messages[-1].role == "assistant":
@@ -135,3 +139,6 @@ class _WholeProgress:
 
     def finish(self) -> None:
         self.progress(self.before, self.before)
+
+    def stop(self) -> None:
+        stop_progress(self.progress)

@@ -20,9 +20,16 @@ from ..core import interrupts
 from ._cache_state import EngineState, KeptPrefix, KeptPrefixes
 from .models import Model
 
-__all__ = ["EngineState", "KVCache", "KeptPrefix", "Progress", "logits_agree"]
+__all__ = ["EngineState", "KVCache", "KeptPrefix", "Progress", "logits_agree", "stop_progress"]
 
 Progress = Callable[[int, int], None]
+
+
+def stop_progress(progress: Progress | None) -> None:
+    """Tell ``progress`` its evaluation failed, where it can hear it (a ``stop()`` method): a bar must not stay live."""
+    stop = getattr(progress, "stop", None)
+    if callable(stop):
+        stop()
 
 
 class KVCache:
@@ -179,6 +186,7 @@ class KVCache:
                 if progress is not None:
                     progress(min(i + step, len(tokens)), len(tokens))
         except BaseException:
+            stop_progress(progress)
             # The caller records the text of these tokens only once all of them are in: drop them all.
             del self.state.tokens[before:]
             self.repair()

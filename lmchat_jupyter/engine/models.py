@@ -15,14 +15,24 @@ from typing import TYPE_CHECKING, Any
 
 from ..backends.interface import Backend, CacheOwner, Persistence
 from ..backends.registry import LocalTarget, ServerTarget, target
-from ..core.errors import ContextOverflowError, ServerContextTooSmallError
+from ..backends.specs import HF_PREFIX, MODEL_ENV_VAR, resolve_model_path, server_address
+from ..core.errors import ContextOverflowError, LmchatError, ServerContextTooSmallError
 from .settings import KV_TYPES, ModelSettings, default_gpu_layers, default_threads
 
 if TYPE_CHECKING:
     from ..backends.server.llama_backend import LlamaServerBackend
     from ..backends.server.openai_backend import OpenAIBackend
 
-__all__ = ["ModelSettings", "Model", "ServerModel", "load_model", "default_threads", "default_gpu_layers", "KV_TYPES"]
+__all__ = [
+    "ModelSettings",
+    "Model",
+    "ServerModel",
+    "load_model",
+    "model_name_for",
+    "default_threads",
+    "default_gpu_layers",
+    "KV_TYPES",
+]
 
 _MODELS: dict[tuple[str, ModelSettings], Model] = {}
 _MODELS_LOCK = threading.Lock()
@@ -89,8 +99,10 @@ class Model:
         """The error for a conversation that needs ``needed`` positions, more than the model has."""
         return ContextOverflowError(
             f"the conversation needs {needed:,} tokens but {self.name} was loaded with n_ctx="
-            f"{self.n_ctx:,}. Rewind or clear it, load the model with a larger n_ctx, or use "
-            "context_policy='drop_oldest'"
+            f"{self.n_ctx:,}. In a notebook: load it with a larger context (`%chat config --n-ctx N`), go back "
+            "to an earlier turn (`%chat rewind N`), or go on from one in a copy (`%chat fork --at TURN`). In "
+            "Python: load_model(n_ctx=N), or Conversation(..., context_policy='drop_oldest') to drop the oldest "
+            "turns"
         )
 
     def describe(self) -> str:
@@ -140,9 +152,10 @@ class ServerModel(Model):
     def context_overflow(self, needed: int) -> ContextOverflowError:
         return ServerContextTooSmallError(
             f"the conversation needs {needed:,} tokens but the server at {self.url} gives a conversation "
-            f"{self.n_ctx:,} (its context per slot). Rewind or clear it (`%chat rewind N`), use "
-            "context_policy='drop_oldest', or give the server a larger context (llama-server: a larger -c, "
-            "or fewer --parallel slots)"
+            f"{self.n_ctx:,} (its context per slot). Give the server a larger context (llama-server: a "
+            "larger -c, or fewer --parallel slots), go back to an earlier turn (`%chat rewind N`), or go on "
+            "from one in a copy (`%chat fork --at TURN`); in Python, context_policy='drop_oldest' drops the "
+            "oldest turns"
         )
 
     def describe(self) -> str:
@@ -203,7 +216,8 @@ def _load(
         llama_settings = asdict(settings)
         llama_settings["n_threads"], llama_settings["n_threads_batch"] = settings.threads()
         backend = where.open(settings.n_ctx, llama_settings)
-        model = Model(spec, where.path, settings, backend, backend.name)
+        # Named as its file is, everywhere (``Loaded …``, conv.info, errors): general.name is a converter's guess.
+        model = Model(spec, where.path, settings, backend, where.path.name.removesuffix(".gguf"))
         model.load_seconds = time.perf_counter() - start
         if reuse:
             _MODELS[key] = model
@@ -240,3 +254,15 @@ def _reporter(progress: bool | Callable[[str], None]) -> Callable[[str], None]:
     if progress:
         return lambda line: print(line, flush=True)
     return lambda line: None
+
+
+def model_name_for(spec: str | None) -> str:
+    """The name ``Loaded …`` prints for the model ``spec`` names (None: the kernel's default), found without
+    loading it or using the network; a Hub spec or a server address as written."""
+    written = spec if spec is not None and spec.strip() else os.environ.get(MODEL_ENV_VAR, "").strip() or None
+    if written is not None and (written.startswith(HF_PREFIX) or server_address(written) is not None):
+        return written
+    try:
+        return resolve_model_path(written).name.removesuffix(".gguf")
+    except LmchatError:
+        return written or "the default model"

@@ -20,7 +20,7 @@ from typing import Any
 from ..engine.conversation import Conversation
 from ..engine.kvcache import Progress
 from ..storage.sidecar import Sidecar, sidecar_for
-from ..storage.store import DEFAULT_NAME, ChatStore
+from ..storage.store import ChatStore
 
 __all__ = ["KernelChats", "current", "chats", "show_progress_with"]
 
@@ -152,6 +152,7 @@ def forget() -> None:
     _CHATS = None
 
 
-def current(name: str = DEFAULT_NAME) -> Conversation:
-    """The kernel's conversation called ``name``: the one ``%%chat`` and the chat widget use."""
+def current(name: str | None = None) -> Conversation:
+    """The kernel's conversation called ``name``; by default the active one (``%chat use`` chooses it): the one
+    ``%%chat`` and the chat widget use."""
     return chats().conversation(name)

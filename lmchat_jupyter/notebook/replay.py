@@ -27,19 +27,22 @@ class Decision:
 
     action: str
     index: int | None = None  # the user message's index in the history
+    #: Matched by the order of runs (no cell ids), not by the cell: a rewind here was not asked for.
+    by_order: bool = False
 
 
 def decide(history: ChatHistory, prompt: str, cell_id: str | None, order: int, regen: bool = False) -> Decision:
     """What a ``%%chat`` cell should do; ``order`` is how many ``%%chat`` runs came before it."""
     users = cell_turns(history)
     index: int | None = None
+    by_order = False
     if cell_id is not None and any(history[i].cell_id for i in users):
         index = next((i for i in users if history[i].cell_id == cell_id), None)
     elif order < len(users):
-        index = users[order]
+        index, by_order = users[order], True
     if index is None:
         return Decision("new")
     answered = index + 1 < len(history) and history[index + 1].role == "assistant"
     if history[index].content == prompt and answered and not regen:
         return Decision("replay", index)
-    return Decision("rewind", index)
+    return Decision("rewind", index, by_order)

@@ -20,7 +20,6 @@ __all__ = ["Relation", "relation", "free_name", "REPLACED_MARK", "move_aside", "
 
 MAX_NAME = 64
 REPLACED_MARK = ".replaced-"
-_CHARS_PER_TOKEN = 4  # a rough average for English text; said as "about"
 
 
 class Relation(Enum):
@@ -45,9 +44,14 @@ def relation(a: ChatHistory, b: ChatHistory) -> Relation:
 
 
 def length_note(history: ChatHistory) -> str:
-    """How long a history is, before any tokenizer has seen it: "6 messages, about 120 tokens"."""
+    """How long a history is, before any tokenizer has seen it: "6 messages, 480 characters".
+
+    Characters, counted exactly: a token estimate made without the model's tokenizer and chat template
+    was off by more than half (the template's markers around each message count too).
+    """
     chars = sum(len(m.content) for m in history)
-    return f"{history.message_count} messages, about {max(1, chars // _CHARS_PER_TOKEN):,} tokens"
+    count = history.message_count
+    return f"{count} message{'s' * (count != 1)}, {chars:,} character{'s' * (chars != 1)}"
 
 
 def free_name(base: str, taken: Iterable[str], tag: str) -> str:

@@ -7,13 +7,18 @@ evaluated again on the kernel's own model. Unsigned files never choose the model
 
 from __future__ import annotations
 
+import contextlib
+import mmap
+import os
 from collections.abc import Callable
 from typing import Protocol
 
 from ..core.errors import LmchatError, SessionCorruptError, SessionMismatchError
 from ..core.history import ChatHistory
+from ..core.safe_files import open_regular
 from ..engine.conversation import Conversation, Progress
-from ..engine.models import Model
+from ..engine.models import Model, model_name_for
+from ..engine.session.container import parse
 from .metadata import EmbeddedChat
 from .reconcile import Relation, length_note, move_aside, relation
 from .saved import SavedChat, read_saved, session_history, untrusted_model_note
@@ -78,9 +83,14 @@ def restore(store: RestoringStore, name: str, saved: SavedChat | None = None) ->
             note = f"the saved session could not be used: {exc}"
     behind = False
     if conv is not None and history is not None:
+        restored = conv
+        had = len(conv.history)
         conv, behind = catch_up(store, conv, history, model, name)
-        if behind:
-            note += "; caught up with the newer history"
+        if behind and conv is restored:
+            added = len(conv.history) - had
+            note += f"; caught up with the newer history ({source}): {added} message{'s' * (added != 1)} re-read"
+        elif behind:
+            note += f"; the history ({source}, {len(conv.history)} messages) was re-read in its place"
     if conv is None and history is not None:
         conv = Conversation.from_history(model, history, progress=store.progress(f"Re-reading {name}"))
         note = f"history from {source}" + (f"; {note}" if note else "")
@@ -108,7 +118,9 @@ def unsigned_history(store: RestoringStore, name: str, saved: SavedChat) -> Chat
     if saved.session_signed or saved.history_signed or saved.problems:
         return None
     if saved.has_session and saved.header is None:
-        return None  # a session file that cannot be read (a link, a FIFO, damage): restored now, saying why
+        # A session file that cannot be read (damage, a link, a FIFO) brings no KV state: the history
+        # file beside it waits like any copied file's; without one, restoring says why now.
+        return saved.history
     if saved.history is None and saved.has_session:
         return session_history(store.sidecar.session_path(name))
     return saved.history
@@ -120,20 +132,45 @@ def defer_unsigned(store: RestoringStore, name: str, saved: SavedChat) -> bool:
     Their history is evaluated then, not at ``%load_ext``: a cloned repository with many
     conversations must not cost minutes before anything is asked. Meanwhile the history waits with
     the notebook's (``store.embedded``), so the notebook's metadata keeps it. False (nothing done)
-    where the files are this user's (restored at once) or unreadable (restoring says why).
+    where the files are this user's (restored at once) or cannot be read (restoring says why). A
+    session file that cannot be read beside an unsigned history file does not stop the history waiting.
     """
     history = unsigned_history(store, name, saved)
     if history is None:
         return False
     store.embedded.setdefault(name, EmbeddedChat(name, history, None))
-    model = store.model_spec or "the default model"
+    model = model_name_for(store.model_spec)
     _tell_once(store, name, untrusted_model_note(name, saved, store.model_spec, model, store.active))
+    unread = saved.has_session and saved.header is None
+    why = f"; its session file is not used: {_unreadable(store, name)}" if unread else ""
     store.notify(
         f"lmchat: {name}: {length_note(history)}, in files that this user's kernels did not sign (a copied or "
-        "cloned notebook?); its history is evaluated when the conversation is first used (%%chat, the chat "
-        "widget or the lmchat panel in the right sidebar)"
+        f"cloned notebook?){why}; its history is evaluated when the conversation is first used (%%chat, the "
+        "chat widget or the lmchat panel in the right sidebar)"
     )
     return True
+
+
+def _unreadable(store: RestoringStore, name: str) -> str:
+    """Why ``name``'s session file cannot be used, as restoring it would say (it is checked, not loaded)."""
+    path = store.sidecar.session_path(name)
+    try:
+        fd = open_regular(path, error=SessionCorruptError)
+        try:
+            size = os.fstat(fd).st_size
+            mapped = mmap.mmap(fd, size, access=mmap.ACCESS_READ) if size else None
+        finally:
+            os.close(fd)
+        if mapped is None:
+            return f"{path} is empty"
+        try:
+            parse(memoryview(mapped), str(path))
+        finally:
+            with contextlib.suppress(BufferError):
+                mapped.close()  # a view still held by the error's frames keeps the map until it is freed
+    except (LmchatError, OSError, ValueError) as exc:
+        return str(exc)
+    return f"{path} could not be read"
 
 
 def catch_up(

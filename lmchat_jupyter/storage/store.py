@@ -24,6 +24,7 @@ from ..engine.models import Model, ModelSettings, ServerModel, load_model
 from . import clearing, embedded_chats, folder_share, restoring, space, waiting
 from .metadata import EmbeddedChat
 from .reconcile import Relation, is_backup_name, move_aside, relation
+from .save_errors import save_failed_line
 from .saved import SavedChat, disk_history, read_saved
 from .sidecar import HISTORY_SUFFIX, SESSION_SUFFIX, Sidecar, check_name
 
@@ -59,7 +60,7 @@ class ChatStore:
         self.statuses: dict[str, str] = {}
         self._unsubscribe: dict[str, Callable[[], None]] = {}
         self._saver = BackgroundSaver(self.save, self._save_failed)
-        self._closed = False
+        self._closed = self._failure_said = False  # _failure_said: the current change's failed save was said
         self.last_save_error: str | None = None
         #: Histories from the notebook's metadata, evaluated when their conversation is first used.
         self.embedded: dict[str, EmbeddedChat] = {}
@@ -169,9 +170,7 @@ class ChatStore:
         ):
             self.flush()
             self.keep_aside(name, "another conversation replaced it")
-        old = self._unsubscribe.pop(name, None)
-        if old is not None:
-            old()
+        self._unsubscribe.pop(name, lambda: None)()
         self.conversations[name] = conv
         self._unsubscribe[name] = conv.subscribe(lambda event: self._on_event(name, event))
         for listener in list(self.adopt_listeners):
@@ -179,9 +178,7 @@ class ChatStore:
 
     def forget(self, name: str) -> None:
         """Stop tracking ``name`` in memory (its files stay; the next use restores them)."""
-        unsubscribe = self._unsubscribe.pop(name, None)
-        if unsubscribe is not None:
-            unsubscribe()
+        self._unsubscribe.pop(name, lambda: None)()
         self.conversations.pop(name, None)
         self.statuses.pop(name, None)
 
@@ -276,6 +273,7 @@ class ChatStore:
     def keep(self, name: str, conv: Conversation) -> None:
         """Save ``conv`` as ``name``: its history at once, its full session in the background."""
         self.kv_cache_off.discard(name)
+        self._failure_said = False
         self._write_history(name, conv)
         self._schedule(name)
 
@@ -320,8 +318,10 @@ class ChatStore:
         return True
 
     def _save_failed(self, message: str) -> None:
-        if message != self.last_save_error:
-            self.notify(f"lmchat: could not save ({message}). The chat goes on in memory; the last saved file is kept.")
+        # Said once per change saved (a turn, a rewind: one cell's worth) and at shutdown; not once per kernel.
+        if not self._failure_said:
+            self.notify(save_failed_line(message))
+        self._failure_said = True
         self.last_save_error = message
 
     def flush(self, timeout: float = 60.0) -> None:
@@ -335,7 +335,7 @@ class ChatStore:
         if self.autosave and not self.sidecar.writable:
             folder_share.take_over(self)
         self.flush()
-        self._closed = True
+        self._closed, self._failure_said = True, False
         if self.autosave and self.sidecar.writable:
             for name, conv in self.conversations.items():
                 if conv.history.user_message_count and not conv.busy:

@@ -37,6 +37,14 @@ class AnswerDisplay:
         # Model text is untrusted and JupyterLab trusts the output of a cell just run: see safe_markdown.
         self._show(markdown_bundle(text, footer))
 
+    def drop(self) -> None:
+        """The turn failed and left no answer (the server went away, an error): no cursor stays to suggest it
+        still streams. What had streamed stays readable, marked as not kept; the error follows below it."""
+        if self._text.strip():
+            self._show(markdown_bundle(self._text, "dropped · the turn failed, so this partial answer was not kept"))
+        else:
+            self._show({"text/plain": ""})
+
     def _show(self, bundle: dict[str, str]) -> None:
         if self._handle is not None:
             self._handle.update(bundle, raw=True)

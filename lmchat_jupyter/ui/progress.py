@@ -56,7 +56,15 @@ class _Bar:
 
     def finish(self, done: int) -> None:
         seconds = time.monotonic() - self.started
-        line = f"{self.label}: {done:,} tokens in {seconds:.1f} s ({done / max(seconds, 1e-9):,.0f} tok/s)"
+        self._end(f"{self.label}: {done:,} tokens in {seconds:.1f} s ({done / max(seconds, 1e-9):,.0f} tok/s)")
+
+    def stop(self) -> None:
+        """End a bar whose evaluation failed or was interrupted: a line, with the figures the bar showed."""
+        seconds = time.monotonic() - self.started
+        done, total = int(self.bar.n), int(self.bar.total or 0)
+        self._end(f"{self.label}: stopped at {done:,} of {total:,} tokens ({seconds:.1f} s)")
+
+    def _end(self, line: str) -> None:
         self.bar.close()
         if self._handle is not None:
             # The widget's place in the output becomes the line; its models are closed with it.
@@ -67,20 +75,34 @@ class _Bar:
             print(line)
 
 
-def token_progress(label: str) -> Callable[[int, int], None]:
-    """A ``(done, total)`` callback that shows a bar for evaluations of ``MIN_TOKENS_FOR_BAR`` tokens or more."""
-    bar: list[_Bar] = []
-    finished = False
+class _TokenProgress:
+    """A ``(done, total)`` callback showing one bar; :meth:`stop` ends it early (the engine calls it on failure)."""
 
-    def update(done: int, total: int) -> None:
-        nonlocal finished
-        if finished:
-            return
-        if not bar:
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self._bar: _Bar | None = None
+        self._ended = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._ended:
+            return  # a bar that ended is text now: later evaluations never bring it back
+        if self._bar is None:
             if total < MIN_TOKENS_FOR_BAR:
                 return
-            bar.append(_Bar(label, total))
-        bar[0].update(done, total)
-        finished = done >= total
+            self._bar = _Bar(self.label, total)
+        self._bar.update(done, total)
+        self._ended = done >= total
 
-    return update
+    def stop(self) -> None:
+        """The evaluation failed (any exception, Ctrl-C): the bar, if one shows, becomes a line of text."""
+        if self._bar is not None and not self._ended:
+            self._bar.stop()
+        self._ended = True
+
+
+def token_progress(label: str) -> Callable[[int, int], None]:
+    """A ``(done, total)`` callback that shows a bar for evaluations of ``MIN_TOKENS_FOR_BAR`` tokens or more.
+
+    The callback has a ``stop()`` method: called when the evaluation fails, the bar ends as a line.
+    """
+    return _TokenProgress(label)

@@ -1,10 +1,10 @@
 """A full disk, a file size limit, a read-only or missing sidecar folder: a clear error, the chat goes on.
 
 Each case drives a real ChatStore (the kernel's sidecar store) on the real model. When a write
-fails, the store must say so once (``StorageError`` text through its notifier), the conversation
-must keep answering in memory, the last good session file must stay byte for byte as it was, and
-no temp file may be left behind. Once writing works again the next save must succeed and a new
-store must restore the whole conversation.
+fails, the store must say so once per change it could not save (``StorageError`` text through its
+notifier), the conversation must keep answering in memory, the last good session file must stay
+byte for byte as it was, and no temp file may be left behind. Once writing works again the next
+save must succeed and a new store must restore the whole conversation.
 
 The file size limit (RLIMIT_FSIZE, unprivileged) runs in a child process, since it would limit
 the test run too. A full disk and a read-only folder use a small tmpfs, where this machine lets
@@ -129,7 +129,6 @@ def run_child(folder: Path, limits: list[int]) -> dict[str, Any]:
 
 
 def check_limited_saves(report: dict[str, Any]) -> None:
-    told_before = False
     for case in report["cases"]:
         limit = case["limit"]
         where = f"file size limit {limit}"
@@ -141,9 +140,8 @@ def check_limited_saves(report: dict[str, Any]) -> None:
             assert "previous file is unchanged" in case["explicit_error"], where
             assert case["last_save_error"] and "File too large" in case["last_save_error"], where
             told = "\n".join(case["told"])
-            # The store says it once; the same failure again stays quiet.
-            assert told_before or ("could not save" in told and "goes on in memory" in told), (where, told)
-            told_before = True
+            # Said for each turn that could not be saved (the same failure again too), once per turn.
+            assert told.count("could not save") == 1 and "goes on in memory" in told, (where, told)
         if limit < report["history_size"]:
             assert case["history_kept"] and not case["history_has_turn"], where
         if limit > 2 * report["history_size"]:
@@ -220,24 +218,32 @@ def test_a_full_disk_keeps_the_last_good_session(tmp_path: Path) -> None:
         store, told, session, history = start_chat(disk)
         good = digest(session)
         filler = fill(disk, 8192)
-        mark = len(told.lines)
         conv = store.get("chat")
         for prompt in PROMPTS[1:3]:
+            mark = len(told.lines)
             assert conv.submit(prompt, **GREEDY).text
-        store.flush()
+            store.flush()
+            said = told.since(mark)
+            # Said for every turn that could not be saved (in the cell that ran it), once: not once per kernel.
+            assert said.count("could not save") == 1 and "goes on in memory" in said, said
+            assert ".)" not in said and ".." not in said, said
         assert digest(session) == good  # a record that did not fit was cut off again
         assert temp_files(session.parent) == []
         assert store.last_save_error and "No space left" in store.last_save_error
-        assert "could not save" in told.since(mark)
-        assert told.since(mark).count("could not save") == 1  # said once, not after every turn
         # Room again: the next save writes the session whole, and it holds every turn.
         filler.unlink()
         assert conv.submit(PROMPTS[3], **GREEDY).text
         store.flush()
         assert store.last_save_error is None
+        filler = fill(disk, 0)  # no room at all: a turn, then the shutdown, each fail and each is said
+        assert conv.submit(PROMPTS[0], **GREEDY).text
+        store.flush()
+        mark = len(told.lines)
         store.close()
+        assert told.since(mark).count("could not save") == 1, told.since(mark)
+        filler.unlink()
         again = ChatStore(Sidecar(disk / "nb.lmchat"), settings=SETTINGS, notify=told)
-        assert again.get("chat").info.user_message_count == 4
+        assert again.get("chat").info.user_message_count == 4  # the last good files: the fifth turn never fit
         assert "full session" in again.statuses.get("chat", ""), again.statuses
         again.close()
 

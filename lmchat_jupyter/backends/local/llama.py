@@ -60,6 +60,7 @@ class LlamaBackend:
         self.label: str | None = None  # the states are bytes in this process: nothing is named after it
         self.metadata: dict[str, str] = dict(llm.metadata)
         self.chat_template = template_for(self.metadata)
+        #: GGUF's general.name: saved sessions' fingerprints hold it, so it stays; people see the file's name.
         self.name = self.metadata.get("general.name") or path.stem
         self._sha256: str | None = None
         #: The texts of the end- and beginning-of-sequence tokens, as chat templates name them.
@@ -117,7 +118,7 @@ class LlamaBackend:
         try:
             return str(formatter(messages=messages).prompt)
         except Exception as exc:
-            raise LmchatError(f"the chat template of {self.name} refused these messages: {exc}") from None
+            raise LmchatError(f"the chat template of {self.path.stem} refused these messages: {exc}") from None
 
     def tokenize(self, text: str) -> list[int]:
         if not text:

@@ -156,12 +156,16 @@ def load_into(cache: KVCache, saved: SavedSession, verify: str, use_kv: bool, pr
     loaded = taken > 0
     server = on_server(cache.backend)
     note = "full session"
-    if saved.deltas:
-        note += f" (base + {len(saved.deltas)} record{'s' if len(saved.deltas) > 1 else ''})"
+    parts = f"base + {len(saved.deltas)} record{'s' if len(saved.deltas) > 1 else ''}" if saved.deltas else "base"
+    if saved.ignored is not None:
+        note += (
+            f" up to a damaged end ({parts}, {len(saved.state.tokens):,} tokens restored; the rest of the file "
+            f"was ignored: {_damage(saved.ignored)})"
+        )
+    elif saved.deltas:
+        note += f" ({parts})"
     if loaded and taken < len(saved.state.tokens):
         note += f" (llama.cpp refused a record's KV state: {len(saved.state.tokens) - taken} tokens evaluated again)"
-    if saved.ignored is not None:
-        note += f" (the end of the file, not a whole record, was ignored: {saved.ignored})"
     if loaded and taken == len(saved.state.tokens) and saved.point is not None:
         saved.point.kept = cache.watch()  # a save may append to this file
     else:
@@ -183,6 +187,12 @@ def load_into(cache: KVCache, saved: SavedSession, verify: str, use_kv: bool, pr
     if not loaded:
         cache.reevaluate(saved.state, progress)
     return f"{note} from {saved.source} in {time.perf_counter() - saved.started:.3f} s"
+
+
+def _damage(why: str) -> str:
+    """Why the end of a file is not a whole record, without the advice meant for a whole file that is not loaded."""
+    kept = why.replace("record is not a usable lmchat session: ", "").split(". The file was not loaded", 1)[0]
+    return kept + ")" * (kept.count("(") - kept.count(")"))  # the brackets the advice closed
 
 
 def _parse(model: Model, view: memoryview, source: str, started: float, overlap: bool) -> SavedSession:

@@ -14,7 +14,8 @@ from ...engine.conversation import Conversation
 from ...notebook.cell_message import CellMessage, keep_if_names_gone, prepare, tag_user_message, token_cost
 from ...notebook.context import parse_context
 from ...notebook.kernel import KernelChats
-from ...notebook.replay import cell_turns, decide
+from ...notebook.replay import Decision, cell_turns, decide
+from ...storage.unasked_rewind import keep_before_rewind
 from ..magic_args import declare, parse_words, split_words
 from ..output import AnswerDisplay, Stopped, show_stored, stats_line
 from . import values
@@ -78,6 +79,8 @@ def run_cell(state: KernelChats, shell: Any, line: str, cell: str) -> None:
     decision = decide(conv.history, message.text, state.cell_id, order, regen=args.regen)
     if decision.action == "rewind" and not args.regen:
         decision = keep_if_names_gone(decision, conv, message)
+    if decision.action == "rewind" and decision.by_order and not args.regen:
+        decision = _kept_before_rewind(state, name, conv, decision)
     if decision.action == "replay":
         assert decision.index is not None
         state.replay_cursor[name] = cell_turns(conv.history).index(decision.index) + 1
@@ -89,6 +92,25 @@ def run_cell(state: KernelChats, shell: Any, line: str, cell: str) -> None:
         assert decision.index is not None
         conv.rewind_to(decision.index)
     _answer(state, name, conv, message, args)
+
+
+def _kept_before_rewind(state: KernelChats, name: str, conv: Conversation, decision: Decision) -> Decision:
+    """Matched by order (no cell ids), a changed message would drop the turns from it on: keep them first."""
+    assert decision.index is not None
+    turn = cell_turns(conv.history).index(decision.index) + 1
+    kept = keep_before_rewind(state.store, name, conv)
+    if kept is None:
+        print(
+            f"lmchat: this cell's message differs from turn {turn} of {name!r}, which it was matched to by order "
+            "(this client sends no cell ids); no copy could be kept, so nothing is dropped: it is added as a new turn"
+        )
+        return Decision("new")
+    print(
+        f"lmchat: this cell's message differs from turn {turn} of {name!r}, which it was matched to by order "
+        f"(this client sends no cell ids), so {name!r} goes back to that turn; all {conv.history.message_count} "
+        f"of its messages are kept as {kept!r} in {state.store.sidecar.folder}: `%chat use {kept}` opens them"
+    )
+    return decision
 
 
 def _answer(state: KernelChats, name: str, conv: Conversation, message: CellMessage, args: argparse.Namespace) -> None:
@@ -123,3 +145,5 @@ def _answer(state: KernelChats, name: str, conv: Conversation, message: CellMess
                 stats_line(result, conv.model.n_ctx if conv.model.context_known else None, conv.info.token_count),
             )
             state.replay_cursor[name] = len(cell_turns(conv.history))
+        else:
+            out.drop()  # the turn failed and was dropped: no streaming cursor may stay on screen
